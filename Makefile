@@ -1,0 +1,40 @@
+# `make demo` and `make test` both start from a fresh clone: they create .venv,
+# install the pinned dependencies and dgc_tf (building the custom op), then run.
+PYTHON3 ?= python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+PIP     := $(PY) -m pip
+STAMP   := $(VENV)/.dgc_tf-installed
+FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SOURCES := setup.py requirements.txt requirements-dev.txt $(shell find custom_ops -type f 2>/dev/null)
+
+.PHONY: install demo test bench clean data
+
+install: $(STAMP)
+
+$(PY):
+	$(PYTHON3) -m venv $(VENV)
+
+$(STAMP): $(PY) $(SOURCES)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -r requirements-dev.txt
+	$(PIP) install --quiet --no-build-isolation -e .
+	@touch $@
+
+# Debian's Fashion-MNIST package; without it dgc_tf falls back to
+# keras.datasets (a download), which is what users elsewhere have.
+data:
+	@if [ ! -f $(FMNIST) ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } || \
+	  echo "note: could not install dataset-fashion-mnist; keras.datasets will be used"; \
+	fi
+
+demo: install data
+	$(PY) examples/fashion_mnist_demo.py
+
+test: install data
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info dgc_tf/ops/*.so

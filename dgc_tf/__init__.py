@@ -1,0 +1,33 @@
+"""dgc_tf: Deep Gradient Compression for TensorFlow 2 and Keras.
+
+`dgc_tf.DGCSGD` follows `tf.keras`: the Keras 3 optimizer by default, the
+tf_keras one when `TF_USE_LEGACY_KERAS=1`, so that
+`model.compile(optimizer=dgc_tf.DGCSGD())` works with whichever Keras
+`tf.keras` is. `dgc_tf.keras3.DGCSGD` and `dgc_tf.tf_keras.DGCSGD` name a
+flavour explicitly.
+"""
+
+import importlib
+import os
+
+__version__ = "0.1.0"
+
+__all__ = ["DGCSGD", "DGCConfig", "ops", "keras_flavour"]
+
+
+def keras_flavour():
+    """"tf_keras" when `TF_USE_LEGACY_KERAS` is set to a true value, else "keras3"."""
+    legacy = os.environ.get("TF_USE_LEGACY_KERAS", "").strip().lower() in ("1", "true", "yes")
+    return "tf_keras" if legacy else "keras3"
+
+
+def __getattr__(name):
+    # Lazy, so that importing dgc_tf pulls in only the Keras flavour in use.
+    if name == "DGCSGD":
+        return importlib.import_module(f"dgc_tf.{keras_flavour()}").DGCSGD
+    if name == "DGCConfig":
+        from dgc_tf.config import DGCConfig
+        return DGCConfig
+    if name in ("ops", "keras3", "tf_keras", "compression", "distribute", "callbacks", "data"):
+        return importlib.import_module(f"dgc_tf.{name}")
+    raise AttributeError(f"module 'dgc_tf' has no attribute {name!r}")

@@ -1,0 +1,243 @@
+"""One DGC step across replicas, shared by the Keras 3 and tf_keras optimizers.
+
+The step has two halves, split where tf.distribute splits them:
+
+* `compress_and_exchange` runs in replica context, on each replica's own
+  gradients: it skips non-finite steps, clips locally, applies momentum
+  correction into the replica's residual, selects the top-k entries, masks
+  what was sent, and exchanges all compressed variables with ONE all-gather
+  of a packed buffer (plus one all-reduce of the small dense variables).
+* `apply_updates` runs in cross-replica context (inside `merge_call`) and
+  applies the exchanged update identically to every replica's copy of the
+  weights: a sparse scatter for compressed variables, Keras SGD for the rest.
+
+The Keras classes own the variables; everything here mutates them only
+through `assign*` / `scatter_nd_sub`.
+"""
+
+import dataclasses
+from typing import List, NamedTuple, Optional
+
+import tensorflow as tf
+
+from dgc_tf import compression, wire
+
+
+@dataclasses.dataclass
+class VariableSlots:
+    """The optimizer state of one trainable variable.
+
+    For a compressed variable `momentum` (u) and `residual` (v) are
+    replica-local (`ON_READ`) variables; `momentum` is None when the momentum
+    factor is 0 (then u == g and need not be stored). For a dense variable
+    `momentum` is Keras SGD's mirrored momentum (None when momentum is 0) and
+    `residual` is None.
+    """
+
+    compressed: bool
+    momentum: Optional[tf.Variable]
+    residual: Optional[tf.Variable]
+
+
+class SlotTable:
+    """`VariableSlots` by variable index.
+
+    A plain object, not a list, so that Keras's attribute tracking does not
+    wrap it: the variables inside are tracked where they were created.
+    """
+
+    def __init__(self):
+        self._slots = []
+
+    def append(self, slots):
+        self._slots.append(slots)
+
+    def at(self, index):
+        return self._slots[index]
+
+
+class Exchanged(NamedTuple):
+    """What every replica holds after the exchange (identical on all of them)."""
+
+    updates: List  # per variable: flat tf.IndexedSlices (compressed) or dense sum
+    ok: tf.Tensor  # bool scalar: every replica's gradients were finite
+    bytes_sent: tf.Tensor  # float64 bytes this replica handed to collectives
+    dense_bytes: float  # bytes a dense all-reduce of the same gradients would hand over
+
+
+def densify(grad, variable):
+    """Embedding gradients arrive as IndexedSlices; the residual is dense."""
+    if isinstance(grad, tf.IndexedSlices):
+        rows = tf.math.unsorted_segment_sum(grad.values, grad.indices, variable.shape[0])
+        return tf.reshape(rows, variable.shape)
+    return tf.convert_to_tensor(grad)
+
+
+def replica_context():
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None:
+        raise RuntimeError(
+            "DGCSGD.apply_gradients must run in a replica context: inside "
+            "`strategy.run(...)`, in `model.fit`, or outside any strategy scope. "
+            "It was called in cross-replica context.")
+    return ctx
+
+
+def compress_and_exchange(config, grads, variables, slots, step):
+    """The replica-local half of a DGC step. See the module docstring.
+
+    Args:
+      config: a `DGCConfig`.
+      grads: this replica's gradients (dense or IndexedSlices), scaled so that
+        their sum over replicas is the global-batch gradient.
+      variables: the matching variables.
+      slots: the matching `VariableSlots`.
+      step: the optimizer's iteration count before this step (warm-up).
+    Returns:
+      `Exchanged`.
+    """
+    ctx = replica_context()
+    num_replicas = ctx.num_replicas_in_sync
+    grads = [tf.cast(densify(g, v), v.dtype) for g, v in zip(grads, variables)]
+
+    # A replica with NaN/Inf must not poison anyone's residual: it contributes
+    # zeros, and its flag (exchanged below) makes every replica skip the step.
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+    grads = [tf.where(finite, g, tf.zeros_like(g)) for g in grads]
+    grads = compression.local_clip(grads, config.local_clipnorm, num_replicas)
+
+    pieces, specs, staged = [], [], []
+    dense_positions, dense_grads = [], []
+    for position, (grad, var, slot) in enumerate(zip(grads, variables, slots)):
+        if not slot.compressed:
+            dense_positions.append(position)
+            dense_grads.append(grad)
+            continue
+        old_u = tf.zeros_like(grad) if slot.momentum is None else tf.identity(slot.momentum)
+        old_v = tf.identity(slot.residual)
+        u, v = compression.momentum_correction(old_u, old_v, grad, config.momentum, config.nesterov)
+        k = compression.selected_count(
+            var.shape.num_elements(), step, config.compress_ratio, config.warmup_steps)
+        values, indices = compression.select(v, k, config.sample_ratio)
+        u, v = compression.mask_sent(u, v, indices, config.momentum_masking)
+        pieces += [values, indices]
+        specs += [(values.dtype, k), (indices.dtype, k)]
+        staged.append((position, slot, old_u, old_v, u, v))
+
+    flag = tf.reshape(tf.cast(finite, wire.WORD_DTYPE), [1])
+    buffer, word_counts = wire.pack(pieces + [flag])
+    gathered = tf.reshape(ctx.all_gather(buffer, axis=0), [num_replicas, -1])
+    received = wire.unpack(gathered, specs + [(wire.WORD_DTYPE, 1)], word_counts)
+    ok = tf.reduce_all(received[-1] > 0.5)
+
+    updates = [None] * len(variables)
+    for i, (position, slot, old_u, old_v, u, v) in enumerate(staged):
+        if slot.momentum is not None:
+            slot.momentum.assign(tf.where(ok, u, old_u))
+        slot.residual.assign(tf.where(ok, v, old_v))
+        values, indices = received[2 * i], received[2 * i + 1]
+        size = variables[position].shape.num_elements()
+        updates[position] = tf.IndexedSlices(
+            tf.reshape(values, [-1]), tf.reshape(indices, [-1]),
+            dense_shape=tf.constant([size], indices.dtype))
+
+    bytes_sent = tf.cast(tf.size(buffer), tf.float64) * wire.WORD_BYTES
+    if dense_grads:
+        summed = ctx.all_reduce(tf.distribute.ReduceOp.SUM, dense_grads)
+        for position, grad in zip(dense_positions, summed):
+            updates[position] = grad
+        bytes_sent += float(sum(g.shape.num_elements() * g.dtype.size for g in dense_grads))
+    dense_bytes = float(sum(v.shape.num_elements() * v.dtype.size for v in variables))
+    return Exchanged(updates, ok, bytes_sent, dense_bytes)
+
+
+def apply_updates(distribution, config, variables, slots, exchanged, learning_rate,
+                  weight_decay_for):
+    """The cross-replica half: identical weight updates on every replica.
+
+    Args:
+      distribution: the strategy (as `merge_call` passes it).
+      variables, slots: as for `compress_and_exchange`.
+      exchanged: its result (per-replica values inside `merge_call`).
+      learning_rate: the current learning rate (tensor or variable).
+      weight_decay_for: `variable -> float or None`, Keras's decoupled decay.
+    """
+    for var, slot, update in zip(variables, slots, exchanged.updates):
+        decay = weight_decay_for(var)
+
+        def apply_one(var, update, ok, slot=slot, decay=decay):
+            def step():
+                lr = tf.cast(learning_rate, var.dtype)
+                if decay:
+                    var.assign_sub(var * (lr * tf.cast(decay, var.dtype)))
+                if slot.compressed:
+                    apply_sparse(var, update, lr)
+                else:
+                    apply_momentum_sgd(var, slot.momentum, update, lr, config)
+                return tf.constant(True)
+
+            return tf.cond(ok, step, lambda: tf.constant(False))
+
+        distribution.extended.update(var, apply_one, args=(update, exchanged.ok), group=False)
+
+
+def apply_sparse(var, update, lr):
+    """`w -= lr * G` as a scatter: touches only the received entries."""
+    coords = compression.flat_to_coords(update.indices, var.shape.as_list())
+    var.scatter_nd_sub(coords, update.values * lr)
+
+
+def apply_momentum_sgd(var, momentum, grad, lr, config):
+    """Exactly `keras.optimizers.SGD`'s update, for the uncompressed variables."""
+    if momentum is None:
+        var.assign_sub(grad * lr)
+        return
+    m = tf.cast(config.momentum, var.dtype)
+    momentum.assign(-grad * lr + momentum * m)
+    if config.nesterov:
+        var.assign_add(-grad * lr + momentum * m)
+    else:
+        var.assign_add(momentum)
+
+
+@dataclasses.dataclass
+class StepCounters:
+    """Mirrored running totals: skipped steps and bytes, for stats and callbacks.
+
+    `bytes_sent` and `dense_bytes` are per replica, summed over applied and
+    skipped steps alike (a skipped step still paid for its exchange).
+    """
+
+    skipped_steps: tf.Variable  # int64
+    bytes_sent: tf.Variable  # float64
+    dense_bytes: tf.Variable  # float64
+    last_bytes_sent: tf.Variable  # float64
+
+    DTYPES = {"skipped_steps": "int64", "bytes_sent": "float64", "dense_bytes": "float64",
+              "last_bytes_sent": "float64"}
+
+    def record(self, distribution, exchanged):
+        def count(skipped, ok, step_bytes, dense_bytes):
+            return tf.group(
+                skipped.assign_add(tf.where(ok, tf.constant(0, tf.int64), 1)),
+                self.bytes_sent.assign_add(step_bytes),
+                self.dense_bytes.assign_add(tf.cast(dense_bytes, tf.float64)),
+                self.last_bytes_sent.assign(step_bytes))
+
+        distribution.extended.update(
+            self.skipped_steps, count,
+            args=(exchanged.ok, exchanged.bytes_sent, exchanged.dense_bytes), group=False)
+
+    def compression_ratio(self):
+        """Dense bytes / bytes sent, over all steps so far (0 before the first)."""
+        sent = tf.convert_to_tensor(self.bytes_sent)
+        return tf.math.divide_no_nan(tf.convert_to_tensor(self.dense_bytes), sent)
+
+    def as_dict(self):
+        return {
+            "bytes_sent": float(self.bytes_sent.numpy()),
+            "dense_bytes": float(self.dense_bytes.numpy()),
+            "last_bytes_sent": float(self.last_bytes_sent.numpy()),
+            "compression_ratio": float(self.compression_ratio().numpy()),
+            "skipped_steps": int(self.skipped_steps.numpy()),
+        }
