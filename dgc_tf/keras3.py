@@ -51,6 +51,12 @@ class DGCSGD(keras.optimizers.Optimizer):
     def build(self, variables):
         if self.built:
             return
+        # Lifted out of any tf.function: a lazily built optimizer would otherwise
+        # create its replica-local buffers inside the traced step.
+        with tf.init_scope():
+            self._build_slots(variables)
+
+    def _build_slots(self, variables):
         super().build(variables)
         config = self.dgc_config
         self._dgc_slots = engine.SlotTable()

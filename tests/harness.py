@@ -1,0 +1,68 @@
+"""Drives DGCSGD of either Keras flavour with chosen per-replica gradients."""
+
+import functools
+
+import numpy as np
+import tensorflow as tf
+
+from tests.conftest import NUM_REPLICAS
+
+FLAVOURS = ("keras3", "tf_keras")
+
+
+@functools.lru_cache(maxsize=None)
+def mirrored_strategy():
+    """One strategy per process: collective instance keys restart with every new
+    MirroredStrategy, and a second one would clash with the first's cached shapes."""
+    return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(NUM_REPLICAS)])
+
+
+def optimizer_class(flavour, name="DGCSGD"):
+    if flavour == "keras3":
+        import keras
+        import dgc_tf.keras3 as module
+        return getattr(module, name) if name == "DGCSGD" else getattr(keras.optimizers, name)
+    import tf_keras
+    import dgc_tf.tf_keras as module
+    return getattr(module, name) if name == "DGCSGD" else getattr(tf_keras.optimizers, name)
+
+
+def make_variable(flavour, value, name):
+    if flavour == "keras3":
+        import keras
+        return keras.Variable(value, name=name)
+    return tf.Variable(value, name=name)
+
+
+def local_values(variable):
+    """The per-replica values of an ON_READ / mirrored variable, as NumPy arrays."""
+    return [np.array(v.numpy()) for v in variable.values]
+
+
+class Run:
+    """Variables and an optimizer under a 2-replica MirroredStrategy."""
+
+    def __init__(self, flavour, optimizer_cls, optimizer_kwargs, weights):
+        self.flavour = flavour
+        self.strategy = mirrored_strategy()
+        with self.strategy.scope():
+            self.variables = [make_variable(flavour, np.array(w, np.float32), f"w{i}")
+                              for i, w in enumerate(weights)]
+            self.optimizer = optimizer_cls(**optimizer_kwargs)
+
+        @tf.function
+        def step(grads):
+            self.strategy.run(
+                lambda g: self.optimizer.apply_gradients(zip(g, self.variables)), args=(grads,))
+
+        self._step = step
+
+    def apply(self, grads_per_replica):
+        """`grads_per_replica[r][j]`: replica r's gradient for variable j."""
+        grads = self.strategy.experimental_distribute_values_from_function(
+            lambda ctx: [tf.constant(np.asarray(g, np.float32))
+                         for g in grads_per_replica[ctx.replica_id_in_sync_group]])
+        self._step(grads)
+
+    def weights(self):
+        return [np.array(v.numpy()) for v in self.variables]
