@@ -49,6 +49,9 @@ class Run:
             self.variables = [make_variable(flavour, np.array(w, np.float32), f"w{i}")
                               for i, w in enumerate(weights)]
             self.optimizer = optimizer_cls(**optimizer_kwargs)
+            # As `fit` does: Keras 3 optimizers built lazily inside a traced
+            # multi-replica step fail (for keras.optimizers.SGD too).
+            self.optimizer.build(self.variables)
 
         @tf.function
         def step(grads):
