@@ -34,7 +34,7 @@ demo: install data
 	$(PY) examples/fashion_mnist_demo.py
 
 test: install data
-	$(PY) -m pytest -q
+	DGC_TF_REQUIRE_OP=1 $(PY) -m pytest -q
 
 clean:
 	rm -rf $(VENV) build *.egg-info dgc_tf/ops/*.so
