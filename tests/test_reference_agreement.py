@@ -62,3 +62,12 @@ def test_matches_reference_step_by_step(flavour, case):
                         got, reference.u[replica][j], rtol=1e-5, atol=1e-5,
                         err_msg=f"{case}: momentum of variable {j}, replica {replica}")
     assert int(run.optimizer.iterations.numpy()) == STEPS
+
+
+@pytest.mark.parametrize("flavour", harness.FLAVOURS)
+def test_matches_reference_with_the_pure_tf_fallback(flavour, monkeypatch):
+    """The same agreement with the compiled op switched off (the fallback path)."""
+    from dgc_tf.ops import _custom_op
+
+    monkeypatch.setattr(_custom_op, "load", lambda: None)
+    test_matches_reference_step_by_step(flavour, "nesterov")

@@ -119,3 +119,23 @@ def test_embedding_gradients_arrive_as_indexed_slices(flavour):
     # momentum correction on the first step: u = g, v = g; lr * sent + residual = g
     np.testing.assert_allclose(sent / 0.1 + residual, dense_grad, rtol=1e-5, atol=1e-6)
     assert np.count_nonzero(sent) == 24  # ceil(0.01 * 2400)
+
+
+@pytest.mark.parametrize("flavour", harness.FLAVOURS)
+def test_compression_stats_reach_the_fit_history(flavour, data):
+    import dgc_tf.callbacks
+
+    x, y = data
+    model = small_model(flavour)
+    compile_model(model, flavour, warmup_steps=0, compress_ratio=0.001, min_compress_size=1024)
+    callback = (dgc_tf.callbacks.KerasCompressionStats if flavour == "keras3"
+                else dgc_tf.callbacks.TfKerasCompressionStats)()
+    history = model.fit(x, y, batch_size=64, epochs=2, verbose=0, callbacks=[callback])
+    assert history.history["dgc_density"] == [0.001, 0.001]
+    stats = model.optimizer.compression_stats()
+    assert history.history["dgc_bytes_sent"][-1] == stats["last_bytes_sent"]
+    # 784*32 kernel -> 26 entries (values + indices); dense: 32 + 320 + 10 floats; flag word.
+    expected_bytes = 4 * (2 * 26 + 32 + 320 + 10 + 1)
+    assert stats["last_bytes_sent"] == expected_bytes
+    dense = 4 * (784 * 32 + 32 + 320 + 10)
+    assert history.history["dgc_compression_ratio"][-1] == pytest.approx(dense / expected_bytes)
