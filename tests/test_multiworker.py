@@ -1,0 +1,59 @@
+"""Real worker processes with TF_CONFIG on localhost: tf_keras fit under MWMS."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.multiworker
+WORKER = os.path.join(os.path.dirname(__file__), "workers", "fit_mwms.py")
+
+
+def free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def run_workers(script, args, n=2, timeout=300):
+    ports = free_ports(n)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    try:
+        for i in range(n):
+            env = dict(os.environ, TF_CONFIG=json.dumps(
+                {"cluster": cluster, "task": {"type": "worker", "index": i}}))
+            procs.append(subprocess.Popen(
+                [sys.executable, script, *args], env=env, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, text=True, start_new_session=True))
+        outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+        return [p.returncode for p in procs], outputs
+    finally:
+        for p in procs:  # only the processes this test started
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def test_two_workers_fit_with_dgc(tmp_path):
+    codes, outputs = run_workers(WORKER, [str(tmp_path)])
+    assert codes == [0, 0], "\n".join(outputs)
+    w0, w1 = (np.load(tmp_path / f"worker{i}.npz") for i in range(2))
+    for key in w0.files:
+        if key.startswith("dgc/") and key[4:].isdigit():
+            np.testing.assert_array_equal(w0[key], w1[key], err_msg=key)  # identical replicas
+    for i in range(4):
+        # Full density without masking is momentum SGD on the summed gradient.
+        np.testing.assert_allclose(w0[f"dgc_full/{i}"], w0[f"sgd/{i}"], rtol=1e-5, atol=1e-5)
+        assert not np.allclose(w0[f"dgc/{i}"], w0[f"sgd/{i}"])  # 1% density does differ
+    assert int(w0["dgc/skipped"]) == 0
+    assert float(w0["dgc/compression_ratio"]) > 10

@@ -1,0 +1,52 @@
+"""A worker of tests/test_multiworker.py: tf_keras `fit` under MultiWorkerMirroredStrategy.
+
+Trains three copies of one small model on a slice of Fashion-MNIST: DGCSGD at
+1% density, DGCSGD at full density without masking, and dense SGD; writes all
+final weights and DGC's statistics to `<out>/worker<i>.npz`.
+"""
+
+import json
+import os
+import sys
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tf_keras  # noqa: E402
+
+import dgc_tf  # noqa: E402
+from dgc_tf.data import fashion_mnist_arrays  # noqa: E402
+
+out = sys.argv[1]
+index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+strategy = tf.distribute.MultiWorkerMirroredStrategy()
+(x, y), _ = fashion_mnist_arrays(train_size=512)
+options = tf.data.Options()
+options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(64).with_options(options)
+
+results = {}
+for name, make_optimizer in [
+    ("dgc", lambda: dgc_tf.DGCSGD(learning_rate=0.05, compress_ratio=0.01)),
+    ("dgc_full", lambda: dgc_tf.DGCSGD(learning_rate=0.05, compress_ratio=1.0,
+                                       momentum_masking=False)),
+    ("sgd", lambda: tf_keras.optimizers.SGD(learning_rate=0.05, momentum=0.9)),
+]:
+    tf_keras.utils.set_random_seed(0)
+    with strategy.scope():
+        model = tf_keras.Sequential([
+            tf_keras.layers.Flatten(input_shape=(28, 28, 1)),
+            tf_keras.layers.Dense(32, activation="relu"), tf_keras.layers.Dense(10)])
+        model.compile(make_optimizer(),
+                      tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    callbacks = [dgc_tf.callbacks.CompressionStats()] if name.startswith("dgc") else []
+    history = model.fit(dataset, epochs=2, verbose=2 if index == 0 else 0, callbacks=callbacks)
+    for i, w in enumerate(model.get_weights()):
+        results[f"{name}/{i}"] = w
+    if name == "dgc":
+        results["dgc/compression_ratio"] = np.array(history.history["dgc_compression_ratio"][-1])
+        results["dgc/skipped"] = np.array(model.optimizer.skipped_steps.numpy())
+np.savez(os.path.join(out, f"worker{index}.npz"), **results)
+print(f"worker {index} done", flush=True)
