@@ -1,0 +1,439 @@
+"""Start N local TensorFlow workers for a multi-worker script.
+
+Usage::
+
+    python -m dgc_tf.launch --workers 2 train.py --epochs 3
+    python -m dgc_tf.launch --workers 2 -- train.py --workers-flag-of-the-script
+
+Everything after the script name (or after ``--``) is passed to the script
+untouched. Each worker runs ``sys.executable train.py ARGS`` with, in its
+environment:
+
+* ``TF_CONFIG``, e.g. for worker 1 of 2::
+
+      {"cluster": {"worker": ["127.0.0.1:41231", "127.0.0.1:41232"]},
+       "task": {"type": "worker", "index": 1}}
+
+  on free 127.0.0.1 ports (or ``--port-base P``: ports P, P+1, ...), which is
+  what `tf.distribute.MultiWorkerMirroredStrategy` and
+  `dgc_tf.distribute.MultiWorkerMirroredStrategy` read;
+* ``DGC_TF_WORKER_INDEX`` (0 .. N-1) and ``DGC_TF_NUM_WORKERS`` (N);
+* ``PYTHONUNBUFFERED=1``, so output arrives line by line.
+
+Each line a worker writes (stdout and stderr merged) is printed prefixed with
+``[worker i] ``; the launcher's own messages start with ``[launch] ``.
+
+Exit status: 0 when every worker exits 0. When a worker fails, the launcher
+sends SIGTERM to the others, SIGKILL after ``--grace`` seconds (default 10),
+reports which worker failed with which exit code, and exits with that code
+(128 + signal number for a worker killed by a signal). Ctrl-C (SIGINT) or
+SIGTERM to the launcher sends SIGINT to every worker (a Python worker sees
+`KeyboardInterrupt`), waits up to the grace period, kills what is left and
+exits 130; a second Ctrl-C kills at once. Every worker runs in its own
+session and process group; on exit the launcher signals those groups (and
+nothing else) and reaps its children, so no worker outlives it.
+
+Options::
+
+    --workers N       number of workers (>= 1), default 2
+    --host HOST       address in TF_CONFIG, default 127.0.0.1
+    --port-base P     use ports P .. P+N-1 instead of free ones
+    --grace SECONDS   time between SIGTERM/SIGINT and SIGKILL, default 10
+
+Two machines by hand: run the same script on each machine, with the same
+cluster list and a different task index, and with the ports open between
+them::
+
+    # on host-a (10.0.0.1)
+    export TF_CONFIG='{"cluster": {"worker": ["10.0.0.1:12345", "10.0.0.2:12345"]},
+                       "task": {"type": "worker", "index": 0}}'
+    python train.py
+
+    # on host-b (10.0.0.2)
+    export TF_CONFIG='{"cluster": {"worker": ["10.0.0.1:12345", "10.0.0.2:12345"]},
+                       "task": {"type": "worker", "index": 1}}'
+    python train.py
+
+Worker 0 is the chief (it writes checkpoints and summaries by convention).
+
+From Python (e.g. a notebook)::
+
+    from dgc_tf.launch import launch
+    code = launch("train.py", args=["--epochs", "3"], workers=2,
+                  env={"TF_USE_LEGACY_KERAS": "1"})
+"""
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+__all__ = ["launch", "main", "free_ports", "tf_config"]
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_GRACE = 10.0
+INTERRUPTED_EXIT_CODE = 130
+_POLL_S = 0.05
+
+
+def free_ports(n, host=DEFAULT_HOST):
+    """`n` distinct ports that are free on `host` right now.
+
+    Binds n sockets to port 0 at once (so the ports differ), reads the
+    ports and closes the sockets straight away. Another process may still
+    take a port before a worker binds it; that race is inherent and short.
+    """
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                              socket.SOCK_STREAM)
+            socks.append(s)
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def tf_config(addresses, index):
+    """The `TF_CONFIG` dict for worker `index` of the cluster `addresses`."""
+    return {"cluster": {"worker": list(addresses)},
+            "task": {"type": "worker", "index": int(index)}}
+
+
+def _address(host, port):
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _exit_status(proc):
+    """The return code of worker `proc` if it has exited, else None.
+
+    Where the platform allows, this does not reap: leaving the zombie in place
+    keeps its pid, and so its process-group id, from being reused until we
+    have signalled the group and reaped it.
+    """
+    if proc.returncode is not None:
+        return proc.returncode
+    if not hasattr(os, "waitid"):
+        return proc.poll()
+    try:
+        info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return proc.poll()
+    if info is None or info.si_pid == 0:
+        return None
+    if info.si_code == os.CLD_EXITED:
+        return info.si_status
+    return -info.si_status  # killed / dumped: negative signal, like Popen
+
+
+def _signal_group(proc, sig):
+    """Send `sig` to the process group led by worker `proc`, if still ours."""
+    if proc.returncode is not None:
+        return  # reaped: its pid (and group id) may belong to someone else now
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _describe(returncode):
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "signal"
+        return f"signal {-returncode} ({name}), exit code {_code_for(returncode)}"
+    return f"exit code {returncode}"
+
+
+def _code_for(returncode):
+    """Launcher exit code for a failed worker's return code."""
+    if returncode < 0:
+        return 128 + (-returncode)
+    return returncode if 0 < returncode < 256 else 1
+
+
+class _Output:
+    """Serialises prefixed lines from the reader threads onto one stream."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    def write_line(self, text):
+        with self._lock:
+            try:
+                self._stream.write(text if text.endswith("\n") else text + "\n")
+                self._stream.flush()
+            except (ValueError, OSError):
+                pass  # stream closed (e.g. a notebook cell gone): drop output
+
+
+def _pump(proc, prefix, out):
+    for raw in iter(proc.stdout.readline, b""):
+        out.write_line(prefix + raw.decode("utf-8", errors="replace"))
+    proc.stdout.close()
+
+
+class _SignalFlag:
+    """Installs SIGINT/SIGTERM handlers (main thread only) that count signals."""
+
+    def __init__(self):
+        self.count = 0
+        self.event = threading.Event()
+        self._saved = {}
+
+    def _handle(self, signum, frame):
+        self.count += 1
+        self.event.set()
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    self._saved[sig] = signal.signal(sig, self._handle)
+                except (ValueError, OSError):
+                    pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._saved.items():
+            signal.signal(sig, old)
+        self._saved.clear()
+        return False
+
+
+def launch(script, args=(), workers=2, env=None, grace=DEFAULT_GRACE, output=None,
+           host=DEFAULT_HOST, port_base=None):
+    """Run `script` in `workers` local worker processes; return the exit code.
+
+    Args:
+      script: path of the Python script each worker runs with `sys.executable`.
+      args: its command-line arguments.
+      workers: number of workers (>= 1).
+      env: extra environment variables for the workers, on top of
+        `os.environ` (a value of None removes a variable).
+      grace: seconds between SIGTERM/SIGINT and SIGKILL when stopping workers.
+      output: text stream for the prefixed worker output and the launcher's
+        messages; `sys.stdout` (looked up at call time) by default.
+      host: address the workers' TF_CONFIG uses.
+      port_base: if given, worker i gets port `port_base + i`; otherwise free
+        ports are picked.
+
+    Returns:
+      0 if every worker exited 0; the first failed worker's exit code (128 +
+      signal for a signal) after stopping the others; 130 after SIGINT/SIGTERM
+      to the launcher (or KeyboardInterrupt), which is forwarded as SIGINT.
+    """
+    workers = int(workers)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    grace = float(grace)
+    if grace < 0:
+        raise ValueError(f"grace must be >= 0, got {grace}")
+    if output is None:
+        output = sys.stdout
+    out = _Output(output)
+
+    if port_base is None:
+        ports = free_ports(workers, host)
+    else:
+        port_base = int(port_base)
+        if port_base < 1 or port_base + workers - 1 > 65535:
+            raise ValueError(f"ports {port_base}..{port_base + workers - 1} are out of range")
+        ports = [port_base + i for i in range(workers)]
+    addresses = [_address(host, p) for p in ports]
+
+    base_env = dict(os.environ)
+    for key, value in (env or {}).items():
+        if value is None:
+            base_env.pop(key, None)
+        else:
+            base_env[key] = str(value)
+    base_env["PYTHONUNBUFFERED"] = "1"
+    base_env["DGC_TF_NUM_WORKERS"] = str(workers)
+
+    cmd = [sys.executable, os.fspath(script), *map(str, args)]
+    procs, readers = [], []
+    failed = None           # (index, returncode) of the first failure
+    interrupted = False
+
+    with _SignalFlag() as flag:
+        try:
+            for i in range(workers):
+                worker_env = dict(base_env)
+                worker_env["TF_CONFIG"] = json.dumps(tf_config(addresses, i))
+                worker_env["DGC_TF_WORKER_INDEX"] = str(i)
+                proc = subprocess.Popen(
+                    cmd, env=worker_env, stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                    start_new_session=True)
+                procs.append(proc)
+                t = threading.Thread(target=_pump, args=(proc, f"[worker {i}] ", out),
+                                     name=f"dgc_tf.launch-worker-{i}", daemon=True)
+                t.start()
+                readers.append(t)
+
+            # Wait for all to succeed, one to fail, or a signal.
+            while not flag.count:
+                codes = [_exit_status(p) for p in procs]
+                bad = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
+                if bad:
+                    failed = bad[0]
+                    break
+                if all(c == 0 for c in codes):
+                    break
+                flag.event.wait(_POLL_S)
+            interrupted = flag.count > 0
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            # Stop whatever still runs, then reap everything. Runs on errors too.
+            try:
+                if failed is not None and not interrupted:
+                    i, rc = failed
+                    out.write_line(f"[launch] worker {i} failed with {_describe(rc)}; "
+                                   f"stopping the other workers")
+                    _stop(procs, signal.SIGTERM, grace, flag, out=out)
+                    interrupted = flag.count > 0
+                elif interrupted:
+                    out.write_line("[launch] interrupted; sending SIGINT to the workers")
+                    _stop(procs, signal.SIGINT, grace, flag, already=min(flag.count, 1), out=out)
+                else:
+                    _stop(procs, None, 0.0, flag)
+            except KeyboardInterrupt:
+                interrupted = True
+                _stop(procs, None, 0.0, flag)
+            for t in readers:
+                t.join(timeout=5.0)
+
+    if interrupted:
+        return INTERRUPTED_EXIT_CODE
+    if failed is not None:
+        return _code_for(failed[1])
+    return 0
+
+
+def _stop(procs, sig, grace, flag, already=0, out=None):
+    """Signal the still-running workers' groups with `sig`, wait up to `grace`
+    seconds (cut short by a further SIGINT/SIGTERM to the launcher), then
+    SIGKILL every worker group that is still ours and reap all workers."""
+    try:
+        if sig is not None:
+            for p in procs:
+                if _exit_status(p) is None:
+                    _signal_group(p, sig)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and flag.count <= already:
+                if all(_exit_status(p) is not None for p in procs):
+                    break
+                flag.event.clear()
+                flag.event.wait(min(_POLL_S, max(0.0, deadline - time.monotonic())))
+    finally:
+        # Workers that exited are unreaped zombies, so their group ids are still
+        # theirs: killing the groups also takes down anything they left behind.
+        for i, p in enumerate(procs):
+            if sig is not None and out is not None and _exit_status(p) is None:
+                out.write_line(f"[launch] worker {i} still running; killing it")
+            _signal_group(p, signal.SIGKILL)
+        for p in procs:
+            p.wait()
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
+def _non_negative_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
+def _port(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port number, got {text!r}")
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number in 1..65535, got {value}")
+    return value
+
+
+_VALUE_OPTIONS = ("--workers", "--host", "--grace", "--port-base")
+
+
+def _parser():
+    p = argparse.ArgumentParser(
+        prog="python -m dgc_tf.launch", allow_abbrev=False,
+        description="Start N local workers of a multi-worker TensorFlow script, "
+                    "each with its TF_CONFIG, and prefix their output.",
+        epilog="Everything after the script (or after --) goes to the script.")
+    p.add_argument("--workers", type=_positive_int, default=2, metavar="N",
+                   help="number of worker processes (>= 1, default 2)")
+    p.add_argument("--host", default=DEFAULT_HOST,
+                   help=f"address used in TF_CONFIG (default {DEFAULT_HOST})")
+    p.add_argument("--port-base", type=_port, default=None, metavar="PORT",
+                   help="use consecutive ports PORT.. instead of free ones")
+    p.add_argument("--grace", type=_non_negative_float, default=DEFAULT_GRACE,
+                   metavar="SECONDS",
+                   help=f"seconds before SIGKILL when stopping workers (default {DEFAULT_GRACE:g})")
+    p.add_argument("script", nargs="?", help="Python script each worker runs")
+    p.add_argument("args", nargs="*", help="arguments for the script")
+    return p
+
+
+def _split_argv(argv):
+    """Split argv into launcher options and [script, *script_args].
+
+    argparse drops a `--` that follows the script, so the split is done here:
+    the command starts after a `--`, or at the first word that is neither an
+    option nor an option's value.
+    """
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            return argv[:i], argv[i + 1:]
+        if a.startswith("-") and a != "-":
+            i += 2 if a in _VALUE_OPTIONS else 1
+            continue
+        return argv[:i], argv[i:]
+    return argv, []
+
+
+def main(argv=None):
+    """Command-line entry point; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    options, command = _split_argv(argv)
+    ns = parser.parse_args(options)
+    if not command:
+        parser.error("the script to run is required")
+    port_base = ns.port_base
+    if port_base is not None and port_base + ns.workers - 1 > 65535:
+        parser.error(f"argument --port-base: ports {port_base}..{port_base + ns.workers - 1} "
+                     f"exceed 65535")
+    return launch(command[0], command[1:], workers=ns.workers, grace=ns.grace,
+                  host=ns.host, port_base=port_base)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
