@@ -7,6 +7,7 @@ from keras.src import backend as keras_backend
 from dgc_tf import engine
 from dgc_tf.config import DGCConfig
 from dgc_tf.docs import DGCSGD_DOC
+from dgc_tf.optimizer_mixin import DGCOptimizerMixin
 
 
 def _tf_variable(variable):
@@ -14,7 +15,7 @@ def _tf_variable(variable):
 
 
 @keras.saving.register_keras_serializable(package="dgc_tf")
-class DGCSGD(keras.optimizers.Optimizer):
+class DGCSGD(DGCOptimizerMixin, keras.optimizers.Optimizer):
     __doc__ = DGCSGD_DOC
 
     def __init__(
@@ -44,9 +45,6 @@ class DGCSGD(keras.optimizers.Optimizer):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.dgc_config = dgc_config
 
-    # Keras reads these as attributes in places (e.g. summaries); keep them plain.
-    momentum = property(lambda self: self.dgc_config.momentum)
-    nesterov = property(lambda self: self.dgc_config.nesterov)
 
     def build(self, variables):
         if self.built:
@@ -116,27 +114,6 @@ class DGCSGD(keras.optimizers.Optimizer):
             distribution, self.dgc_config, variables, slots, exchanged, learning_rate,
             self._weight_decay_for)
         self._dgc_counters.record(distribution, exchanged)
-
-    def _weight_decay_for(self, variable):
-        if self.weight_decay is not None and self._use_weight_decay(variable):
-            return self.weight_decay
-        return None
-
-    def update_step(self, gradient, variable, learning_rate):
-        raise NotImplementedError(
-            "DGCSGD updates all variables together (the exchange spans them); "
-            "use apply_gradients / apply.")
-
-    # -- introspection -------------------------------------------------------------
-
-    @property
-    def skipped_steps(self):
-        """Steps skipped because some replica's gradients were not finite."""
-        return self._dgc_counters.skipped_steps
-
-    def compression_stats(self):
-        """`{'bytes_sent', 'dense_bytes', 'compression_ratio', 'last_bytes_sent'}` per replica."""
-        return self._dgc_counters.as_dict()
 
     def get_config(self):
         config = super().get_config()

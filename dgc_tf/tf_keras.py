@@ -11,10 +11,11 @@ import tf_keras
 from dgc_tf import engine
 from dgc_tf.config import DGCConfig
 from dgc_tf.docs import DGCSGD_DOC
+from dgc_tf.optimizer_mixin import DGCOptimizerMixin
 
 
 @tf_keras.saving.register_keras_serializable(package="dgc_tf")
-class DGCSGD(tf_keras.optimizers.Optimizer):
+class DGCSGD(DGCOptimizerMixin, tf_keras.optimizers.Optimizer):
     __doc__ = DGCSGD_DOC
 
     def __init__(
@@ -40,9 +41,6 @@ class DGCSGD(tf_keras.optimizers.Optimizer):
         super().__init__(name=name, **kwargs)
         self.dgc_config = dgc_config
         self._learning_rate = self._build_learning_rate(learning_rate)
-
-    momentum = property(lambda self: self.dgc_config.momentum)
-    nesterov = property(lambda self: self.dgc_config.nesterov)
 
     def build(self, var_list):
         super().build(var_list)
@@ -129,27 +127,6 @@ class DGCSGD(tf_keras.optimizers.Optimizer):
             self._weight_decay_for)
         self._dgc_counters.record(distribution, exchanged)
         return self.iterations.assign_add(1)
-
-    def _weight_decay_for(self, variable):
-        if self.weight_decay is not None and self._use_weight_decay(variable):
-            return self.weight_decay
-        return None
-
-    def update_step(self, gradient, variable):
-        raise NotImplementedError(
-            "DGCSGD updates all variables together (the exchange spans them); "
-            "use apply_gradients / minimize.")
-
-    # -- introspection -------------------------------------------------------------
-
-    @property
-    def skipped_steps(self):
-        """Steps skipped because some replica's gradients were not finite."""
-        return self._dgc_counters.skipped_steps
-
-    def compression_stats(self):
-        """Bytes sent and the compression ratio so far, per replica."""
-        return self._dgc_counters.as_dict()
 
     def get_config(self):
         config = super().get_config()
