@@ -1,0 +1,112 @@
+"""Lazy loader for the compiled `DGC>SampledTopK` op (`_dgc_ops.so`).
+
+`load()` returns a callable `op(x, k, sample_ratio=0.01, seed=None)` that runs
+the compiled kernel, or None when the pure-TensorFlow fallback
+(`dgc_tf.ops.topk.sampled_topk_tf`) must be used: the library is missing
+(not built), fails to load (e.g. built for another TensorFlow), or the
+environment variable `DGC_TF_FORCE_FALLBACK=1` asks for the fallback.
+A missing or broken library is reported once with a warning that says how
+to rebuild. The result is cached for the life of the process.
+
+The op has no XLA kernel: it cannot run inside `jit_compile=True` functions.
+"""
+
+import logging
+import os
+import threading
+import warnings
+
+LIBRARY_NAME = "_dgc_ops.so"
+OP_NAME = "DGC>SampledTopK"
+FORCE_FALLBACK_ENV = "DGC_TF_FORCE_FALLBACK"
+REBUILD_HINT = (
+    "rebuild it with `pip install --no-build-isolation -e .` (or `make install`) "
+    "from the dgc_tf source tree")
+
+_lock = threading.Lock()
+_UNSET = object()
+_cached = _UNSET
+_gradient_registered = False
+
+
+def library_path():
+    """Where the compiled library is expected: next to this file."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), LIBRARY_NAME)
+
+
+def _force_fallback():
+    return os.environ.get(FORCE_FALLBACK_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _warn(message):
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+    logging.getLogger("dgc_tf").warning(message)
+
+
+def _make_op(module):
+    import tensorflow as tf
+
+    from dgc_tf.ops.topk import index_dtype_for
+
+    raw = module.dgc_sampled_top_k
+
+    def op(x, k, sample_ratio=0.01, seed=None):
+        """Compiled exact top-k by magnitude; see `dgc_tf.ops.topk.sampled_topk`."""
+        x = tf.convert_to_tensor(x)
+        if not isinstance(k, tf.Tensor):
+            k = tf.convert_to_tensor(k, dtype=tf.int64 if int(k) >= 2**31 else tf.int32)
+        elif k.dtype not in (tf.int32, tf.int64):
+            k = tf.cast(k, tf.int64)
+        return raw(
+            x, k,
+            Tindices=index_dtype_for(x.shape.num_elements()),
+            sample_ratio=float(sample_ratio),
+            seed=-1 if seed is None else int(seed))
+
+    return op
+
+
+def _load_uncached():
+    global _gradient_registered
+    if _force_fallback():
+        logging.getLogger("dgc_tf").info(
+            "%s=1: using the pure-TensorFlow sampled_topk.", FORCE_FALLBACK_ENV)
+        return None
+    path = library_path()
+    if not os.path.exists(path):
+        _warn(f"dgc_tf: the compiled op library {path} was not found, so the pure-TensorFlow "
+              f"fallback of sampled_topk is used (same results, slower); {REBUILD_HINT}.")
+        return None
+    try:
+        import tensorflow as tf
+
+        module = tf.load_op_library(path)
+        if not _gradient_registered:
+            try:
+                tf.no_gradient(OP_NAME)
+            except KeyError:  # already registered (e.g. module reloaded)
+                pass
+            _gradient_registered = True
+        return _make_op(module)
+    except Exception as e:  # noqa: BLE001 - any load failure means fallback
+        _warn(f"dgc_tf: could not load the compiled op library {path} ({type(e).__name__}: {e}); "
+              f"it was probably built for another TensorFlow. The pure-TensorFlow fallback of "
+              f"sampled_topk is used (same results, slower); {REBUILD_HINT}.")
+        return None
+
+
+def load():
+    """Returns a callable `(x, k, sample_ratio, seed) -> (values, indices)`, or None."""
+    global _cached
+    if _cached is _UNSET:
+        with _lock:
+            if _cached is _UNSET:
+                _cached = _load_uncached()
+    return _cached
+
+
+def _reset_for_tests():
+    """Forgets the cached result so that the next `load()` looks again."""
+    global _cached
+    with _lock:
+        _cached = _UNSET
