@@ -17,11 +17,11 @@ Environment switches:
   DGC_TF_CXX=g++           host C++ compiler (default: g++)
   DGC_TF_SKIP_OP_BUILD=1   do not build the op at all (fallback only)
 """
+import concurrent.futures
 import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 import tempfile
 
 from setuptools import Extension, find_packages, setup
@@ -49,6 +49,7 @@ def _warn(message):
 
 
 def _tf_flags():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf  # the TensorFlow that will load the op
 
     return list(tf.sysconfig.get_compile_flags()), list(tf.sysconfig.get_link_flags())
@@ -65,6 +66,16 @@ def _find_nvcc():
     return None
 
 
+def _cuda_lib_dir(nvcc):
+    """Directory holding libcudart_static.a: $CUDA_HOME, nvcc's tree, /usr/local/cuda."""
+    homes = [os.environ.get("CUDA_HOME"), os.path.dirname(os.path.dirname(nvcc)), "/usr/local/cuda"]
+    for home in homes:
+        for sub in ("lib64", "lib", os.path.join("targets", "x86_64-linux", "lib")):
+            if home and os.path.exists(os.path.join(home, sub, "libcudart_static.a")):
+                return os.path.join(home, sub)
+    raise RuntimeError("libcudart_static.a not found (set CUDA_HOME)")
+
+
 def _cuda_arch_flags():
     archs = [a.strip() for a in os.environ.get("DGC_TF_CUDA_ARCHS", "80;90").replace(",", ";").split(";") if a.strip()]
     flags = []
@@ -76,20 +87,14 @@ def _cuda_arch_flags():
 
 
 def _run_parallel(commands):
-    """Runs compiler commands two at a time; raises with the output of a failure."""
-    pending = list(commands)
-    running = []
-    failures = []
-    while pending or running:
-        while pending and len(running) < max(1, min(4, os.cpu_count() or 1)):
-            cmd = pending.pop(0)
-            print(" ".join(cmd), flush=True)
-            running.append((cmd, subprocess.Popen(cmd, cwd=HERE, stdout=subprocess.PIPE,
-                                                  stderr=subprocess.STDOUT, text=True)))
-        cmd, proc = running.pop(0)
-        out, _ = proc.communicate()
-        if proc.returncode != 0:
-            failures.append(f"$ {' '.join(cmd)}\n{out[-6000:]}")
+    """Runs compiler commands concurrently; raises with the output of failures."""
+    def run(cmd):
+        print(" ".join(cmd), flush=True)
+        return cmd, subprocess.run(cmd, cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
+        results = list(pool.map(run, commands))
+    failures = [f"$ {' '.join(cmd)}\n{proc.stdout[-6000:]}" for cmd, proc in results if proc.returncode != 0]
     if failures:
         raise RuntimeError("compilation failed:\n" + "\n".join(failures))
 
@@ -108,7 +113,6 @@ def build_op_library(output, cuda=False):
             nvcc = _find_nvcc()
             if nvcc is None:
                 raise RuntimeError("DGC_TF_CUDA=1 but nvcc was not found (set DGC_TF_NVCC or CUDA_HOME)")
-            cuda_home = os.path.dirname(os.path.dirname(nvcc))
             defines = ["-DGOOGLE_CUDA=1"]
             for src in CUDA_SOURCES:
                 obj = os.path.join(tmp, os.path.basename(src) + ".o")
@@ -116,7 +120,7 @@ def build_op_library(output, cuda=False):
                                  "--expt-relaxed-constexpr", "-DNDEBUG", "-DGOOGLE_CUDA=1", "-O3", "-w"]
                                 + _cuda_arch_flags() + includes + compile_flags + [src, "-o", obj])
                 extra_objects.append(obj)
-            lib_dir = os.path.join(cuda_home, "lib64")
+            lib_dir = _cuda_lib_dir(nvcc)
             extra_link = [f"-L{lib_dir}", "-lcudart_static", "-ldl", "-lrt", "-lpthread"]
         objects = []
         for src in CPU_SOURCES:

@@ -8,8 +8,9 @@
 // buffer. A block that finds more candidates than its slice holds (heavy
 // ties at the threshold) makes the kernel run an exact compaction pass with
 // per-block counts and prefix offsets. The exact top-k is then selected
-// among the candidates with std::nth_element + std::sort under the order
-// (|x| descending, index ascending).
+// among the candidates with std::nth_element, then sorted (a radix sort of
+// packed (key, index) words for large k) under the order (|x| descending,
+// index ascending).
 #define EIGEN_USE_THREADS
 
 #include "sampled_topk_kernels.h"
@@ -53,16 +54,78 @@ struct FormatOf<bfloat16> {
   static constexpr Format value = Format::kBFloat16;
 };
 
+// A candidate (magnitude key, flat index) and the output order: larger
+// magnitude first, then lower index.
+//
+// With int32 indices the pair is packed into one uint64,
+// key << 32 | (0xffffffff - index), whose plain descending order is exactly
+// the output order; it sorts faster and allows a radix sort. With int64
+// indices (2^31 elements or more) it is a struct with a comparator.
 template <typename Bits, typename Index>
-struct Candidate {
-  Bits key;
-  Index index;
+struct CandidateOps {
+  struct Type {
+    Bits key;
+    Index index;
+  };
+  static Type Make(Bits key, int64_t i) { return Type{key, static_cast<Index>(i)}; }
+  static Index IndexOf(const Type& c) { return c.index; }
+  static bool Before(const Type& a, const Type& b) {
+    return a.key > b.key || (a.key == b.key && a.index < b.index);
+  }
+  static constexpr bool kPacked = false;
 };
 
-// The output order: larger magnitude first, then lower index.
-template <typename C>
-inline bool Before(const C& a, const C& b) {
-  return a.key > b.key || (a.key == b.key && a.index < b.index);
+template <typename Bits>
+struct CandidateOps<Bits, int32> {
+  using Type = uint64_t;
+  static Type Make(Bits key, int64_t i) {
+    return (static_cast<uint64_t>(key) << 32) |
+           (0xffffffffull - static_cast<uint64_t>(i));
+  }
+  static int32 IndexOf(Type c) {
+    return static_cast<int32>(0xffffffffull - (c & 0xffffffffull));
+  }
+  static bool Before(Type a, Type b) { return a > b; }
+  static constexpr bool kPacked = true;
+};
+
+// Stable LSD radix sort of packed candidates, descending, 8 bits a pass;
+// passes where every element has the same digit are skipped.
+void RadixSortDescending(uint64_t* data, uint64_t* tmp, int64_t n) {
+  uint64_t* src = data;
+  uint64_t* dst = tmp;
+  for (int shift = 0; shift < 64; shift += 8) {
+    int64_t count[256] = {0};
+    for (int64_t i = 0; i < n; ++i) ++count[(src[i] >> shift) & 0xff];
+    if (count[(src[0] >> shift) & 0xff] == n) continue;  // one bucket
+    int64_t pos = 0;
+    for (int d = 255; d >= 0; --d) {  // descending: high digits first
+      const int64_t c = count[d];
+      count[d] = pos;
+      pos += c;
+    }
+    for (int64_t i = 0; i < n; ++i) dst[count[(src[i] >> shift) & 0xff]++] = src[i];
+    std::swap(src, dst);
+  }
+  if (src != data) std::memcpy(data, src, n * sizeof(uint64_t));
+}
+
+// Sorts the first k candidates (already the top k, unordered) into output
+// order.
+template <typename Ops>
+absl::Status SortTop(OpKernelContext* ctx, typename Ops::Type* cands,
+                     int64_t k) {
+  if constexpr (Ops::kPacked) {
+    if (k >= 4096) {
+      Tensor tmp;
+      TF_RETURN_IF_ERROR(ctx->allocate_temp(
+          DT_UINT64, TensorShape({k}), &tmp));
+      RadixSortDescending(cands, tmp.flat<uint64>().data(), k);
+      return absl::OkStatus();
+    }
+  }
+  std::sort(cands, cands + k, Ops::Before);
+  return absl::OkStatus();
 }
 
 // Elements per chunk: the max pre-check runs over this many, and a chunk
@@ -89,7 +152,8 @@ absl::Status SampledTopKFunctor<CPUDevice, T, Tindices>::operator()(
     float sample_ratio, int64_t seed, T* values, Tindices* indices) {
   using Traits = KeyTraits<FormatOf<T>::value>;
   using Bits = typename Traits::Bits;
-  using Cand = Candidate<Bits, Tindices>;
+  using Ops = CandidateOps<Bits, Tindices>;
+  using Cand = typename Ops::Type;
   static_assert(sizeof(Bits) == sizeof(T), "key and value widths differ");
   constexpr Bits kMask = Traits::kAbsMask;
   constexpr Bits kInf = Traits::kInfKey;
@@ -198,7 +262,7 @@ absl::Status SampledTopKFunctor<CPUDevice, T, Tindices>::operator()(
         for (int64_t i = c; i < c_end; ++i) {
           const Bits key = xb[i] & kMask;
           if (key >= thr) {
-            if (count < cap) out[count] = Cand{key, static_cast<Tindices>(i)};
+            if (count < cap) out[count] = Ops::Make(key, i);
             ++count;
           }
         }
@@ -245,7 +309,7 @@ absl::Status SampledTopKFunctor<CPUDevice, T, Tindices>::operator()(
         Cand* out = cands + offsets[b];
         for (int64_t i = begin; i < end; ++i) {
           const Bits key = xb[i] & kMask;
-          if (key >= thr) *out++ = Cand{key, static_cast<Tindices>(i)};
+          if (key >= thr) *out++ = Ops::Make(key, i);
         }
       });
     } else {
@@ -264,12 +328,13 @@ absl::Status SampledTopKFunctor<CPUDevice, T, Tindices>::operator()(
 
   // Exact selection among the candidates.
   if (total > k) {
-    std::nth_element(cands, cands + (k - 1), cands + total, Before<Cand>);
+    std::nth_element(cands, cands + (k - 1), cands + total, Ops::Before);
   }
-  std::sort(cands, cands + k, Before<Cand>);
+  TF_RETURN_IF_ERROR(SortTop<Ops>(ctx, cands, k));
   for (int64_t i = 0; i < k; ++i) {
-    indices[i] = cands[i].index;
-    values[i] = x[cands[i].index];
+    const Tindices index = Ops::IndexOf(cands[i]);
+    indices[i] = index;
+    values[i] = x[index];
   }
   return absl::OkStatus();
 }

@@ -12,7 +12,8 @@
 // ties, +/-0, +/-Inf, strided and seeded sampling, and the error cases (NaN,
 // k < 1, k > n, empty). Then times the op at 1M / 25M / 100M elements and
 // density 0.1% / 1% (the comparison with torch.topk is
-// custom_ops/gpu_harness/bench_vs_torch.py).
+// custom_ops/gpu_harness/bench_vs_torch.py, which builds this file with
+// -DDGC_TOPK_NO_MAIN into a shared library through dgc_topk_capi.cu).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -337,6 +338,7 @@ void TimeSuite(cudaStream_t stream, const gpu::LaunchPolicy& launch) {
   }
 }
 
+#ifndef DGC_TOPK_NO_MAIN
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
   int count = 0;
@@ -360,3 +362,4 @@ int main(int argc, char** argv) {
   CHECK_CUDA(cudaStreamDestroy(stream));
   return stats.failed == 0 ? 0 : 1;
 }
+#endif  // DGC_TOPK_NO_MAIN
