@@ -153,6 +153,27 @@ def test_dynamic_k_in_tf_function(impl, k_dtype):
     assert select.experimental_get_tracing_count() == 1
 
 
+def test_k_variable_in_tf_function(impl):
+    x = make("ties", 30_000, tf.float32, seed=12)
+    k_var = tf.Variable(7)
+
+    @tf.function
+    def select(x):
+        return impl(x, k_var)
+
+    for k in (7, 300, 30_000):
+        k_var.assign(k)
+        values, indices = select(x)
+        np.testing.assert_array_equal(indices.numpy(), reference(x, k)[1])
+
+
+def test_numpy_and_narrow_int_k(compiled_op):
+    x = make("normal", 1000, tf.float32, seed=13)
+    for k in (np.int64(10), np.int32(10), tf.constant(10, tf.int16)):
+        _, indices = compiled_op(x, k)
+        np.testing.assert_array_equal(indices.numpy(), reference(x, 10)[1])
+
+
 def test_unknown_static_size(compiled_op):
     # Only the compiled op handles a size unknown at trace time (int64
     # indices then, as index_dtype_for(None) says).
@@ -209,6 +230,17 @@ def test_int64_indices(raw_module):
         ref_values, ref_indices = reference(x, 50)
         np.testing.assert_array_equal(indices.numpy(), ref_indices)
         np.testing.assert_array_equal(values.numpy(), ref_values)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_int64_indices_large_k(raw_module, dtype):
+    # int64 indices take the (key, index) struct path of the CPU selection.
+    x = make("ties", 300_000, dtype, seed=6)
+    for k in (1, 6000, 100_000):
+        values, indices = raw_module.dgc_sampled_top_k(x, k, Tindices=tf.int64, seed=3)
+        ref_values, ref_indices = reference(x, k)
+        np.testing.assert_array_equal(indices.numpy(), ref_indices)
+        np.testing.assert_array_equal(tf.cast(values, tf.float32).numpy(), ref_values)
 
 
 def test_dispatcher_uses_op(compiled_op):

@@ -53,10 +53,12 @@ def _make_op(module):
     def op(x, k, sample_ratio=0.01, seed=None):
         """Compiled exact top-k by magnitude; see `dgc_tf.ops.topk.sampled_topk`."""
         x = tf.convert_to_tensor(x)
-        if not isinstance(k, tf.Tensor):
-            k = tf.convert_to_tensor(k, dtype=tf.int64 if int(k) >= 2**31 else tf.int32)
-        elif k.dtype not in (tf.int32, tf.int64):
-            k = tf.cast(k, tf.int64)
+        if tf.is_tensor(k) or isinstance(k, tf.Variable):
+            k = tf.convert_to_tensor(k)  # reads a variable
+            if k.dtype not in (tf.int32, tf.int64):
+                k = tf.cast(k, tf.int64)
+        else:  # Python / NumPy integer
+            k = tf.constant(int(k), dtype=tf.int64 if int(k) >= 2**31 else tf.int32)
         return raw(
             x, k,
             Tindices=index_dtype_for(x.shape.num_elements()),
