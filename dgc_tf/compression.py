@@ -60,7 +60,14 @@ def num_selected(size, density):
 
 
 def selected_count(size, step, compress_ratio, warmup_steps):
-    """k for a variable of `size` elements at step `step`, as an int32/int64 tensor."""
+    """k for a variable of `size` elements at step `step`.
+
+    A Python int when there is no warm-up, so that shapes stay static (the
+    exchange's buffer layout is then known when the step is traced); otherwise
+    an int32/int64 tensor.
+    """
+    if not warmup_steps:
+        return num_selected(size, compress_ratio)
     dtype = tf.int32 if size < 2**31 else tf.int64
     counts = [num_selected(size, d) for d in stage_densities(compress_ratio)]
     return tf.gather(tf.constant(counts, dtype), density_stage(step, warmup_steps))

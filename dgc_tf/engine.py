@@ -5,8 +5,11 @@ The step has two halves, split where tf.distribute splits them:
 * `compress_and_exchange` runs in replica context, on each replica's own
   gradients: it skips non-finite steps, clips locally, applies momentum
   correction into the replica's residual, selects the top-k entries, masks
-  what was sent, and exchanges all compressed variables with ONE all-gather
-  of a packed buffer (plus one all-reduce of the small dense variables).
+  what was sent, and hands every compressed gradient (as a
+  `CompressedGradient`), the dense gradients and a non-finite flag to ONE
+  `all_reduce`. Under `dgc_tf.distribute`'s exchange that is one packed
+  all-gather plus packed dense all-reduces; under any other strategy the
+  compressed gradients are summed as ordinary `tf.IndexedSlices`.
 * `apply_updates` runs in cross-replica context (inside `merge_call`) and
   applies the exchanged update identically to every replica's copy of the
   weights: a sparse scatter for compressed variables, Keras SGD for the rest.
@@ -20,7 +23,8 @@ from typing import List, NamedTuple, Optional
 
 import tensorflow as tf
 
-from dgc_tf import compression, wire
+from dgc_tf import compression
+from dgc_tf.distribute.payload import CompressedGradient, handed_bytes
 
 
 @dataclasses.dataclass
@@ -73,6 +77,11 @@ def densify(grad, variable):
     return tf.convert_to_tensor(grad)
 
 
+def _cross_device_ops():
+    """The strategy's CrossDeviceOps, where it has one (None for the default strategy)."""
+    return getattr(tf.distribute.get_strategy().extended, "_cross_device_ops", None)
+
+
 def replica_context():
     ctx = tf.distribute.get_replica_context()
     if ctx is None:
@@ -106,47 +115,38 @@ def compress_and_exchange(config, grads, variables, slots, step):
     grads = [tf.where(finite, g, tf.zeros_like(g)) for g in grads]
     grads = compression.local_clip(grads, config.local_clipnorm, num_replicas)
 
-    pieces, specs, staged = [], [], []
-    dense_positions, dense_grads = [], []
-    for position, (grad, var, slot) in enumerate(zip(grads, variables, slots)):
+    # What this replica hands to one all_reduce: a CompressedGradient per
+    # compressed variable, the dense gradients, and its non-finite flag.
+    handed, staged = [], []
+    for grad, var, slot in zip(grads, variables, slots):
         if not slot.compressed:
-            dense_positions.append(position)
-            dense_grads.append(grad)
+            handed.append(grad)
+            staged.append(None)
             continue
         old_u = tf.zeros_like(grad) if slot.momentum is None else tf.identity(slot.momentum)
         old_v = tf.identity(slot.residual)
         u, v = compression.momentum_correction(old_u, old_v, grad, config.momentum, config.nesterov)
-        k = compression.selected_count(
-            var.shape.num_elements(), step, config.compress_ratio, config.warmup_steps)
+        size = var.shape.num_elements()
+        k = compression.selected_count(size, step, config.compress_ratio, config.warmup_steps)
         values, indices = compression.select(v, k, config.sample_ratio)
         u, v = compression.mask_sent(u, v, indices, config.momentum_masking)
-        pieces += [values, indices]
-        specs += [(values.dtype, k), (indices.dtype, k)]
-        staged.append((position, slot, old_u, old_v, u, v))
+        handed.append(CompressedGradient(values, indices, tf.constant([size], indices.dtype)))
+        staged.append((slot, old_u, old_v, u, v))
+    nonfinite = tf.reshape(tf.cast(tf.logical_not(finite), grads[0].dtype), [1])
+    handed.append(nonfinite)
 
-    flag = tf.reshape(tf.cast(finite, wire.WORD_DTYPE), [1])
-    buffer, word_counts = wire.pack(pieces + [flag])
-    gathered = tf.reshape(ctx.all_gather(buffer, axis=0), [num_replicas, -1])
-    received = wire.unpack(gathered, specs + [(wire.WORD_DTYPE, 1)], word_counts)
-    ok = tf.reduce_all(received[-1] > 0.5)
-
-    updates = [None] * len(variables)
-    for i, (position, slot, old_u, old_v, u, v) in enumerate(staged):
+    *updates, nonfinite_replicas = ctx.all_reduce(tf.distribute.ReduceOp.SUM, handed)
+    ok = tf.equal(tf.reduce_sum(nonfinite_replicas), 0)
+    for stage in staged:
+        if stage is None:
+            continue
+        slot, old_u, old_v, u, v = stage
         if slot.momentum is not None:
             slot.momentum.assign(tf.where(ok, u, old_u))
         slot.residual.assign(tf.where(ok, v, old_v))
-        values, indices = received[2 * i], received[2 * i + 1]
-        size = variables[position].shape.num_elements()
-        updates[position] = tf.IndexedSlices(
-            tf.reshape(values, [-1]), tf.reshape(indices, [-1]),
-            dense_shape=tf.constant([size], indices.dtype))
 
-    bytes_sent = tf.cast(tf.size(buffer), tf.float64) * wire.WORD_BYTES
-    if dense_grads:
-        summed = ctx.all_reduce(tf.distribute.ReduceOp.SUM, dense_grads)
-        for position, grad in zip(dense_positions, summed):
-            updates[position] = grad
-        bytes_sent += float(sum(g.shape.num_elements() * g.dtype.size for g in dense_grads))
+    wire_dtype = getattr(_cross_device_ops(), "wire_dtype", None)
+    bytes_sent = handed_bytes(handed, wire_dtype)
     dense_bytes = float(sum(v.shape.num_elements() * v.dtype.size for v in variables))
     return Exchanged(updates, ok, bytes_sent, dense_bytes)
 

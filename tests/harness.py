@@ -42,9 +42,9 @@ def local_values(variable):
 class Run:
     """Variables and an optimizer under a 2-replica MirroredStrategy."""
 
-    def __init__(self, flavour, optimizer_cls, optimizer_kwargs, weights):
+    def __init__(self, flavour, optimizer_cls, optimizer_kwargs, weights, strategy=None):
         self.flavour = flavour
-        self.strategy = mirrored_strategy()
+        self.strategy = strategy or mirrored_strategy()
         with self.strategy.scope():
             self.variables = [make_variable(flavour, np.array(w, np.float32), f"w{i}")
                               for i, w in enumerate(weights)]
