@@ -1,4 +1,4 @@
-"""Real worker processes with TF_CONFIG on localhost: tf_keras fit under MWMS."""
+"""Real worker processes with TF_CONFIG on localhost, under dgc_tf's MultiWorkerMirroredStrategy."""
 
 import json
 import os
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 pytestmark = pytest.mark.multiworker
-WORKER = os.path.join(os.path.dirname(__file__), "workers", "fit_mwms.py")
+WORKERS = os.path.join(os.path.dirname(__file__), "workers")
 
 
 def free_ports(n):
@@ -45,7 +45,7 @@ def run_workers(script, args, n=2, timeout=300):
 
 
 def test_two_workers_fit_with_dgc(tmp_path):
-    codes, outputs = run_workers(WORKER, [str(tmp_path)])
+    codes, outputs = run_workers(os.path.join(WORKERS, "fit_mwms.py"), [str(tmp_path)])
     assert codes == [0, 0], "\n".join(outputs)
     w0, w1 = (np.load(tmp_path / f"worker{i}.npz") for i in range(2))
     for key in w0.files:
@@ -57,3 +57,22 @@ def test_two_workers_fit_with_dgc(tmp_path):
         assert not np.allclose(w0[f"dgc/{i}"], w0[f"sgd/{i}"])  # 1% density does differ
     assert int(w0["dgc/skipped"]) == 0
     assert float(w0["dgc/compression_ratio"]) > 10
+
+
+def test_keras3_custom_training_loop_on_two_workers(tmp_path):
+    codes, outputs = run_workers(os.path.join(WORKERS, "keras3_loop.py"), [str(tmp_path)])
+    assert codes == [0, 0], "\n".join(outputs)
+    w0, w1 = (np.load(tmp_path / f"worker{i}.npz") for i in range(2))
+    for key in w0.files:
+        np.testing.assert_array_equal(w0[key], w1[key], err_msg=key)
+    assert float(w0["ratio"]) > 10
+
+
+def test_keras3_fit_on_two_workers_through_dgc_strategy(tmp_path):
+    codes, outputs = run_workers(os.path.join(WORKERS, "keras3_fit.py"), [str(tmp_path)])
+    assert codes == [0, 0], "\n".join(outputs)
+    w0, w1 = (np.load(tmp_path / f"worker{i}.npz") for i in range(2))
+    for key in w0.files:
+        np.testing.assert_array_equal(w0[key], w1[key], err_msg=key)
+    for i in range(4):
+        np.testing.assert_allclose(w0[f"dgc_full/{i}"], w0[f"sgd/{i}"], rtol=1e-5, atol=1e-5)

@@ -60,6 +60,25 @@ class MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
             self, cluster_resolver=cluster_resolver,
             communication_options=communication_options, wire_dtype=wire_dtype))
 
+    def reduce(self, reduce_op, value, axis):
+        """`tf.distribute.Strategy.reduce`, also for what Keras 3's `fit` passes.
+
+        Keras 3's `fit` under multi-worker training (keras-team/keras#20585)
+        calls `reduce` with a nested structure of per-replica values (a whole
+        batch, to build the model symbolically) and with `axis=0` on per-replica
+        scalars (the metrics). TensorFlow rejects both. Here a structure is
+        reduced leaf by leaf, and `axis` is dropped for a scalar, whose mean
+        over replicas is the only meaning it can have. Every other call is
+        TensorFlow's own.
+        """
+        if not isinstance(value, tf.distribute.DistributedValues) and tf.nest.is_nested(value):
+            return tf.nest.map_structure(lambda v: self.reduce(reduce_op, v, axis), value)
+        components = value.values if isinstance(value, tf.distribute.DistributedValues) else [value]
+        if axis is not None and all(getattr(v, "shape", None) is not None and v.shape.rank == 0
+                                    for v in components):
+            axis = None
+        return super().reduce(reduce_op, value, axis)
+
     @classmethod
     def _from_local_devices(cls, devices, communication_options=None, wire_dtype=None):
         """A single-worker strategy over `devices` (tests, notebooks).

@@ -1,4 +1,4 @@
-"""A worker of tests/test_multiworker.py: tf_keras `fit` under MultiWorkerMirroredStrategy.
+"""A worker of tests/test_multiworker.py: tf_keras `fit` under dgc_tf's MultiWorkerMirroredStrategy.
 
 Trains three copies of one small model on a slice of Fashion-MNIST: DGCSGD at
 1% density, DGCSGD at full density without masking, and dense SGD; writes all
@@ -17,11 +17,12 @@ import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
 
 import dgc_tf  # noqa: E402
+import dgc_tf.distribute  # noqa: E402
 from dgc_tf.data import fashion_mnist_arrays  # noqa: E402
 
 out = sys.argv[1]
 index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
-strategy = tf.distribute.MultiWorkerMirroredStrategy()
+strategy = dgc_tf.distribute.MultiWorkerMirroredStrategy()
 (x, y), _ = fashion_mnist_arrays(train_size=512)
 options = tf.data.Options()
 options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
@@ -47,6 +48,7 @@ for name, make_optimizer in [
         results[f"{name}/{i}"] = w
     if name == "dgc":
         results["dgc/compression_ratio"] = np.array(history.history["dgc_compression_ratio"][-1])
+        results["dgc/bytes_sent"] = np.array(history.history["dgc_bytes_sent"][-1])
         results["dgc/skipped"] = np.array(model.optimizer.skipped_steps.numpy())
 np.savez(os.path.join(out, f"worker{index}.npz"), **results)
 print(f"worker {index} done", flush=True)
