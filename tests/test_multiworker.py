@@ -76,3 +76,30 @@ def test_keras3_fit_on_two_workers_through_dgc_strategy(tmp_path):
         np.testing.assert_array_equal(w0[key], w1[key], err_msg=key)
     for i in range(4):
         np.testing.assert_allclose(w0[f"dgc_full/{i}"], w0[f"sgd/{i}"], rtol=1e-5, atol=1e-5)
+
+
+def test_dead_worker_fails_the_other_then_backup_resumes(tmp_path):
+    """Worker 1 dies in epoch 1: worker 0 must fail, not hang; a relaunch resumes
+    from the epoch-0 backup with the DGC state restored and finishes."""
+    import time
+
+    backup, out = tmp_path / "backup", tmp_path / "out"
+    out.mkdir()
+    script = os.path.join(WORKERS, "faults.py")
+    start = time.monotonic()
+    codes, outputs = run_workers(script, [str(backup), str(out), "1"], timeout=180)
+    elapsed = time.monotonic() - start
+    assert codes[1] == -signal.SIGKILL, outputs[1]
+    assert codes[0] != 0, outputs[0]  # an error, within the timeout above
+    assert elapsed < 150
+    saved_total = float((out / "residual_total.0.txt").read_text())
+    assert not (out / "residual_total.2.txt").exists()
+
+    codes, outputs = run_workers(script, [str(backup), str(out), "-1"], timeout=180)
+    assert codes == [0, 0], "\n".join(outputs)
+    iterations, restored_total = (out / "restored.txt").read_text().split()
+    steps_per_epoch = 512 // 64
+    assert int(iterations) == steps_per_epoch  # resumed after epoch 0
+    # ON_READ residuals: the checkpoint keeps their sum over workers.
+    assert float(restored_total) == pytest.approx(saved_total, rel=1e-5)
+    assert int((out / "iterations.txt").read_text()) == 3 * steps_per_epoch
