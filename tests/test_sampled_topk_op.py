@@ -136,6 +136,15 @@ def test_large_random(impl):
         check(impl, x, k)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("pattern", ["normal", "ties", "zeros"])
+def test_large_k_parallel_selection(compiled_op, dtype, pattern):
+    # Enough candidates (> 64K) for the CPU kernel's parallel radix-sort-and-merge path.
+    x = make(pattern, 2_000_003, dtype, seed=14)
+    for k in (100_000, 700_000):
+        check(compiled_op, x, k)
+
+
 @pytest.mark.parametrize("k_dtype", [tf.int32, tf.int64])
 def test_dynamic_k_in_tf_function(impl, k_dtype):
     x = make("normal", 20_000, tf.float32, seed=3)

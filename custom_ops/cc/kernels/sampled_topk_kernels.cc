@@ -8,9 +8,10 @@
 // buffer. A block that finds more candidates than its slice holds (heavy
 // ties at the threshold) makes the kernel run an exact compaction pass with
 // per-block counts and prefix offsets. The exact top-k is then selected
-// among the candidates with std::nth_element, then sorted (a radix sort of
-// packed (key, index) words for large k) under the order (|x| descending,
-// index ascending).
+// among the candidates under the order (|x| descending, index ascending):
+// with int32 indices, candidates are packed (key, index, sign) words; many
+// of them are radix-sorted in parallel parts and the parts merged, fewer go
+// through std::nth_element and a radix sort or std::sort.
 #define EIGEN_USE_THREADS
 
 #include "sampled_topk_kernels.h"
@@ -19,6 +20,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "sampled_topk_common.h"
@@ -54,21 +56,26 @@ struct FormatOf<bfloat16> {
   static constexpr Format value = Format::kBFloat16;
 };
 
-// A candidate (magnitude key, flat index) and the output order: larger
-// magnitude first, then lower index.
+// A candidate (magnitude key, flat index, sign) and the output order:
+// larger magnitude first, then lower index.
 //
-// With int32 indices the pair is packed into one uint64,
-// key << 32 | (0xffffffff - index), whose plain descending order is exactly
-// the output order; it sorts faster and allows a radix sort. With int64
-// indices (2^31 elements or more) it is a struct with a comparator.
+// With int32 indices a candidate is one uint64,
+//   key << 32 | (0x7fffffff - index) << 1 | sign,
+// whose plain descending order is exactly the output order (indices are
+// unique, so the sign bit never decides); it sorts fast, radix-sorts, and
+// gives the value back without touching x again. With int64 indices (2^31
+// elements or more) it is a struct with a comparator.
 template <typename Bits, typename Index>
 struct CandidateOps {
   struct Type {
     Bits key;
     Index index;
   };
-  static Type Make(Bits key, int64_t i) { return Type{key, static_cast<Index>(i)}; }
+  static Type Make(Bits key, int64_t i, Bits /*raw*/) {
+    return Type{key, static_cast<Index>(i)};
+  }
   static Index IndexOf(const Type& c) { return c.index; }
+  static Bits RawOf(const Type& c, const Bits* xb) { return xb[c.index]; }
   static bool Before(const Type& a, const Type& b) {
     return a.key > b.key || (a.key == b.key && a.index < b.index);
   }
@@ -78,59 +85,63 @@ struct CandidateOps {
 template <typename Bits>
 struct CandidateOps<Bits, int32> {
   using Type = uint64_t;
-  static Type Make(Bits key, int64_t i) {
+  static constexpr int kSignShift = 8 * sizeof(Bits) - 1;
+  static Type Make(Bits key, int64_t i, Bits raw) {
     return (static_cast<uint64_t>(key) << 32) |
-           (0xffffffffull - static_cast<uint64_t>(i));
+           ((0x7fffffffull - static_cast<uint64_t>(i)) << 1) |
+           static_cast<uint64_t>(raw >> kSignShift);
   }
   static int32 IndexOf(Type c) {
-    return static_cast<int32>(0xffffffffull - (c & 0xffffffffull));
+    return static_cast<int32>(0x7fffffffull - ((c >> 1) & 0x7fffffffull));
+  }
+  static Bits RawOf(Type c, const Bits* /*xb*/) {
+    return static_cast<Bits>((c >> 32) | ((c & 1) << kSignShift));
   }
   static bool Before(Type a, Type b) { return a > b; }
   static constexpr bool kPacked = true;
 };
 
-// Stable LSD radix sort of packed candidates, descending, 8 bits a pass;
-// passes where every element has the same digit are skipped.
+// Stable LSD radix sort of n packed candidates, descending, 11 bits a pass
+// (histograms of all passes in one read); passes where every element has
+// the same digit are skipped. tmp holds n words.
 void RadixSortDescending(uint64_t* data, uint64_t* tmp, int64_t n) {
+  constexpr int kBits = 11;
+  constexpr int kBuckets = 1 << kBits;
+  constexpr int kPasses = (64 + kBits - 1) / kBits;
+  if (n < 2) return;
+  std::unique_ptr<int64_t[]> hist(new int64_t[kPasses * kBuckets]());
+  for (int64_t i = 0; i < n; ++i) {
+    const uint64_t v = data[i];
+    for (int p = 0; p < kPasses; ++p) {
+      ++hist[p * kBuckets + ((v >> (p * kBits)) & (kBuckets - 1))];
+    }
+  }
   uint64_t* src = data;
   uint64_t* dst = tmp;
-  for (int shift = 0; shift < 64; shift += 8) {
-    int64_t count[256] = {0};
-    for (int64_t i = 0; i < n; ++i) ++count[(src[i] >> shift) & 0xff];
-    if (count[(src[0] >> shift) & 0xff] == n) continue;  // one bucket
+  for (int p = 0; p < kPasses; ++p) {
+    int64_t* h = hist.get() + p * kBuckets;
+    const int shift = p * kBits;
+    if (h[(src[0] >> shift) & (kBuckets - 1)] == n) continue;  // one bucket
     int64_t pos = 0;
-    for (int d = 255; d >= 0; --d) {  // descending: high digits first
-      const int64_t c = count[d];
-      count[d] = pos;
+    for (int d = kBuckets - 1; d >= 0; --d) {  // descending
+      const int64_t c = h[d];
+      h[d] = pos;
       pos += c;
     }
-    for (int64_t i = 0; i < n; ++i) dst[count[(src[i] >> shift) & 0xff]++] = src[i];
+    for (int64_t i = 0; i < n; ++i) {
+      const uint64_t v = src[i];
+      dst[h[(v >> shift) & (kBuckets - 1)]++] = v;
+    }
     std::swap(src, dst);
   }
   if (src != data) std::memcpy(data, src, n * sizeof(uint64_t));
 }
 
-// Sorts the first k candidates (already the top k, unordered) into output
-// order.
-template <typename Ops>
-absl::Status SortTop(OpKernelContext* ctx, typename Ops::Type* cands,
-                     int64_t k) {
-  if constexpr (Ops::kPacked) {
-    if (k >= 4096) {
-      Tensor tmp;
-      TF_RETURN_IF_ERROR(ctx->allocate_temp(
-          DT_UINT64, TensorShape({k}), &tmp));
-      RadixSortDescending(cands, tmp.flat<uint64>().data(), k);
-      return absl::OkStatus();
-    }
-  }
-  std::sort(cands, cands + k, Ops::Before);
-  return absl::OkStatus();
-}
-
 // Elements per chunk: the max pre-check runs over this many, and a chunk
-// reaching the threshold is rescanned (it is still in L1).
-constexpr int64_t kChunk = 64;
+// reaching the threshold is rescanned (it is still in L1). The chunk shrinks
+// with the expected candidate density so that few chunks need a rescan.
+constexpr int64_t kMaxChunk = 128;
+constexpr int64_t kMinChunk = 8;
 // Smallest block handed to a worker thread.
 constexpr int64_t kMinBlock = 1 << 15;
 
@@ -236,8 +247,10 @@ absl::Status SampledTopKFunctor<CPUDevice, T, Tindices>::operator()(
                    : static_cast<int64_t>(2.0 * expected * len / n) + 256;
       caps[b] = std::min(cap, len);
       offsets[b] = capacity;
-      capacity += caps[b];
+      capacity += caps[b] + 1;  // +1: the branchless append's spill slot
     }
+    int64_t chunk = kMaxChunk;
+    while (chunk > kMinChunk && chunk * expected > 0.15 * n) chunk /= 2;
     void* data;
     TF_RETURN_IF_ERROR(
         AllocateScratch(ctx, capacity * sizeof(Cand), &cand_tensor, &data));
@@ -250,8 +263,8 @@ absl::Status SampledTopKFunctor<CPUDevice, T, Tindices>::operator()(
       const int64_t cap = caps[b];
       int64_t count = 0;
       Bits seen_max = 0;
-      for (int64_t c = begin; c < end; c += kChunk) {
-        const int64_t c_end = std::min(end, c + kChunk);
+      for (int64_t c = begin; c < end; c += chunk) {
+        const int64_t c_end = std::min(end, c + chunk);
         Bits chunk_max = 0;
         for (int64_t i = c; i < c_end; ++i) {
           const Bits key = xb[i] & kMask;
@@ -260,11 +273,11 @@ absl::Status SampledTopKFunctor<CPUDevice, T, Tindices>::operator()(
         seen_max = chunk_max > seen_max ? chunk_max : seen_max;
         if (chunk_max < thr) continue;
         for (int64_t i = c; i < c_end; ++i) {
+          // Branchless append; past the slice's capacity it keeps
+          // overwriting the spill slot and only counts.
           const Bits key = xb[i] & kMask;
-          if (key >= thr) {
-            if (count < cap) out[count] = Ops::Make(key, i);
-            ++count;
-          }
+          out[count < cap ? count : cap] = Ops::Make(key, i, xb[i]);
+          count += key >= thr ? 1 : 0;
         }
       }
       counts[b] = count;
@@ -309,7 +322,7 @@ absl::Status SampledTopKFunctor<CPUDevice, T, Tindices>::operator()(
         Cand* out = cands + offsets[b];
         for (int64_t i = begin; i < end; ++i) {
           const Bits key = xb[i] & kMask;
-          if (key >= thr) *out++ = Ops::Make(key, i);
+          if (key >= thr) *out++ = Ops::Make(key, i, xb[i]);
         }
       });
     } else {
@@ -326,16 +339,58 @@ absl::Status SampledTopKFunctor<CPUDevice, T, Tindices>::operator()(
     break;
   }
 
-  // Exact selection among the candidates.
+  // Exact selection among the candidates, into the output order.
+  Bits* value_bits = reinterpret_cast<Bits*>(values);
+  auto emit = [&](int64_t i, const Cand& c) {
+    indices[i] = Ops::IndexOf(c);
+    value_bits[i] = Ops::RawOf(c, xb);
+  };
+  if constexpr (Ops::kPacked) {
+    constexpr int64_t kMinPart = 1 << 15;
+    const int64_t parts = std::min<int64_t>(num_threads, total / kMinPart);
+    if (parts >= 2) {
+      // Radix-sort parts of the candidates in parallel, then merge the
+      // parts' heads for the first k.
+      Tensor tmp_tensor;
+      TF_RETURN_IF_ERROR(ctx->allocate_temp(DT_UINT64, TensorShape({total}),
+                                            &tmp_tensor));
+      uint64_t* tmp = tmp_tensor.flat<uint64>().data();
+      std::vector<int64_t> head(parts + 1);
+      for (int64_t p = 0; p <= parts; ++p) head[p] = total * p / parts;
+      for_each_block(parts, [&](int64_t p) {
+        RadixSortDescending(cands + head[p], tmp + head[p],
+                            head[p + 1] - head[p]);
+      });
+      std::vector<int64_t> end(head.begin() + 1, head.end());
+      head.pop_back();
+      for (int64_t i = 0; i < k; ++i) {
+        int64_t best = -1;
+        for (int64_t p = 0; p < parts; ++p) {
+          if (head[p] < end[p] &&
+              (best < 0 || cands[head[p]] > cands[head[best]])) {
+            best = p;
+          }
+        }
+        emit(i, cands[head[best]++]);
+      }
+      return absl::OkStatus();
+    }
+  }
   if (total > k) {
     std::nth_element(cands, cands + (k - 1), cands + total, Ops::Before);
   }
-  TF_RETURN_IF_ERROR(SortTop<Ops>(ctx, cands, k));
-  for (int64_t i = 0; i < k; ++i) {
-    const Tindices index = Ops::IndexOf(cands[i]);
-    indices[i] = index;
-    values[i] = x[index];
+  bool sorted = false;
+  if constexpr (Ops::kPacked) {
+    if (k >= 4096) {
+      Tensor tmp_tensor;
+      TF_RETURN_IF_ERROR(
+          ctx->allocate_temp(DT_UINT64, TensorShape({k}), &tmp_tensor));
+      RadixSortDescending(cands, tmp_tensor.flat<uint64>().data(), k);
+      sorted = true;
+    }
   }
+  if (!sorted) std::sort(cands, cands + k, Ops::Before);
+  for (int64_t i = 0; i < k; ++i) emit(i, cands[i]);
   return absl::OkStatus();
 }
 
