@@ -30,8 +30,9 @@ data:
 	  echo "note: could not install dataset-fashion-mnist; keras.datasets will be used"; \
 	fi
 
+# Two real local workers (TF_CONFIG on free localhost ports) via dgc_tf.launch.
 demo: install data
-	$(PY) examples/fashion_mnist_demo.py
+	$(PY) -m dgc_tf.launch --workers 2 -- examples/fashion_mnist_demo.py
 
 test: install data
 	DGC_TF_REQUIRE_OP=1 $(PY) -m pytest -q
