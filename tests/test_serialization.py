@@ -139,3 +139,28 @@ def test_compression_stats_reach_the_fit_history(flavour, data):
     assert stats["last_bytes_sent"] == expected_bytes
     dense = 4 * (784 * 32 + 32 + 320 + 10)
     assert history.history["dgc_compression_ratio"][-1] == pytest.approx(dense / expected_bytes)
+
+
+def test_compression_stats_per_step_in_tensorboard(tmp_path, data):
+    import glob
+
+    import keras
+    from tensorflow.core.util import event_pb2
+
+    import dgc_tf.callbacks
+
+    x, y = data
+    model = small_model("keras3")
+    compile_model(model, "keras3", warmup_steps=0)
+    log_dir = str(tmp_path / "logs")
+    model.fit(x, y, batch_size=64, epochs=2, verbose=0, callbacks=[
+        dgc_tf.callbacks.KerasCompressionStats(log_dir), keras.callbacks.TensorBoard(log_dir)])
+    steps = {}
+    for path in glob.glob(f"{log_dir}/train/events*"):
+        for record in tf.data.TFRecordDataset(path):
+            event = event_pb2.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                steps.setdefault(value.tag, []).append(event.step)
+    assert sorted(steps["batch_dgc_compression_ratio"]) == list(range(1, 9))
+    assert sorted(steps["epoch_dgc_bytes_sent"]) == [0, 1]
+    assert "batch_dgc_density" in steps
