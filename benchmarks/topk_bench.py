@@ -5,7 +5,8 @@ For each size and density (k = ceil(density * size)) it times, in one run:
   fallback  the pure-TensorFlow sampled_topk_tf
   top_k     tf.math.top_k(tf.abs(x), k)  (what a naive DGC does)
   floor     tf.reduce_max(tf.abs(x))     (a one-pass lower bound)
-each inside a tf.function, as the median of --repeats calls after warm-up,
+each inside a tf.function, as the median of --repeats calls after warm-up
+(calls interleaved across the methods, so background load hits all alike),
 and prints a table with the ratios top_k / op (speed-up) and op / floor.
 
     python benchmarks/topk_bench.py                       # 1M, 25M, 100M
@@ -55,16 +56,23 @@ def make_functions(k, sample_ratio):
     return fns
 
 
-def time_fn(fn, x, repeats, warmup):
-    for _ in range(warmup):
-        fn(x)
-    times = []
+def time_round_robin(fns, x, repeats, warmup):
+    """Median seconds per call of each function, calls interleaved.
+
+    Interleaving (op, fallback, top_k, floor, op, ...) exposes every method to
+    the same background load, so the ratios stay meaningful on a shared machine.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn(x)
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn(x)
-        _ = out.shape  # CPU execution is synchronous; the result is ready
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            out = fn(x)
+            _ = out.shape  # CPU execution is synchronous; the result is ready
+            times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(t), t) for name, t in times.items()}
 
 
 def main(argv=None):
@@ -95,13 +103,12 @@ def main(argv=None):
             fns = make_functions(k, args.sample_ratio)
             row = {"size": n, "density": density, "k": k}
             results = {}
+            timed = time_round_robin({m: fns[m] for m in methods if m in fns}, x, args.repeats, args.warmup)
             for name in methods:
                 if name not in fns:
                     row[name] = None
                     continue
-                median, times = time_fn(fns[name], x, args.repeats, args.warmup)
-                row[name] = median
-                row[f"{name}_all"] = times
+                row[name], row[f"{name}_all"] = timed[name]
                 if name != "floor":
                     results[name] = fns[name](x).numpy()
             if "op" in results and "top_k" in results:
@@ -128,7 +135,7 @@ def main(argv=None):
         "repeats": args.repeats,
         "sample_ratio": args.sample_ratio,
         "op_available": op_available,
-        "timing": "median seconds per call of a tf.function, after warm-up",
+        "timing": "median seconds per call of a tf.function, after warm-up, methods interleaved",
     }
     if args.json:
         with open(args.json, "w") as f:

@@ -415,3 +415,13 @@ def test_cuda_sources_compile_with_nvcc():
             assert p.returncode == 0, f"{' '.join(cmd)}\n{out[-5000:]}"
         assert os.path.getsize(os.path.join(tmp, "kernels.cu.o")) > 0
         assert os.path.exists(os.path.join(tmp, "sampled_topk_test"))
+
+
+def test_no_xla_kernel(compiled_op):
+    """Documented limitation: the op cannot be compiled by XLA."""
+    @tf.function(jit_compile=True)
+    def select(x):
+        return compiled_op(x, 2)
+
+    with pytest.raises(Exception, match="SampledTopK"):
+        select(tf.range(10.0))
