@@ -39,8 +39,9 @@ def _force_fallback():
 
 
 def _warn(message):
-    warnings.warn(message, RuntimeWarning, stacklevel=3)
-    logging.getLogger("dgc_tf").warning(message)
+    # One channel only (no duplicate logging line); load() caches, so this
+    # runs at most once per process.
+    warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
 def _make_op(module):
