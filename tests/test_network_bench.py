@@ -1,0 +1,160 @@
+"""benchmarks/network_bench.py: namespaces, links and cleanup (root only), and the report format.
+
+No TensorFlow training here: the namespace test moves a few bytes over TCP.
+"""
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location(
+    "network_bench", os.path.join(ROOT, "benchmarks", "network_bench.py"))
+nb = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(nb)
+
+ECHO_SERVER = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(1)
+print("listening", flush=True)
+s.settimeout(10); c, _ = s.accept(); c.settimeout(10)
+data = b""
+while not data.endswith(b"\\n"):
+    chunk = c.recv(4096)
+    if not chunk: break
+    data += chunk
+c.sendall(data.upper()); c.close()
+"""
+
+ECHO_CLIENT = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+c.sendall(b"hello dgc\\n"); print(c.recv(4096).decode().strip())
+"""
+
+
+def _echo(topo, server, client):
+    srv = subprocess.Popen(["ip", "netns", "exec", topo.namespaces[server], sys.executable, "-c",
+                            ECHO_SERVER, topo.addresses[server], "23999"],
+                           stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert srv.stdout.readline().strip() == "listening"
+        out = subprocess.run(["ip", "netns", "exec", topo.namespaces[client], sys.executable,
+                              "-c", ECHO_CLIENT, topo.addresses[server], "23999"],
+                             capture_output=True, text=True, timeout=15)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+        srv.wait()
+
+
+@pytest.mark.skipif(not nb.netns_available(), reason="needs root and `ip netns`")
+@pytest.mark.parametrize("workers", [2, 3])
+def test_namespaces_connect_shape_and_clean_up(workers):
+    tag = nb.make_tag(f"test{os.getpid()}")
+    topo = nb.Topology(tag, workers)
+    try:
+        topo.create()
+        assert sorted(nb.list_namespaces(tag)) == sorted(
+            topo.namespaces + ([topo.hub] if topo.hub else []))
+        assert (topo.hub is not None) == (workers > 2)
+        before = topo.tx_bytes(0)
+        assert _echo(topo, server=workers - 1, client=0) == "HELLO DGC"
+        assert topo.tx_bytes(0) > before  # the counter sees the traffic
+        topo.shape("100mbit")
+        for ns, dev in topo.links:
+            qdisc = subprocess.run(["tc", "-n", ns, "qdisc", "show", "dev", dev],
+                                   capture_output=True, text=True).stdout
+            assert "tbf" in qdisc and "100Mbit" in qdisc, qdisc
+        assert _echo(topo, server=0, client=1) == "HELLO DGC"  # still connected when shaped
+        topo.shape("unshaped")
+        qdisc = subprocess.run(["tc", "-n", topo.namespaces[0], "qdisc", "show", "dev", nb.DEV],
+                               capture_output=True, text=True).stdout
+        assert "tbf" not in qdisc
+        # nothing of the test lives in the host's own namespace
+        host_links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+        assert nb.DEV not in host_links
+    finally:
+        left = topo.destroy()
+    assert left == [] and nb.list_namespaces(tag) == []
+
+
+def test_destroy_only_touches_its_own_tag(monkeypatch):
+    calls = []
+    monkeypatch.setattr(nb, "list_namespaces", lambda tag: [f"{tag}-w0", f"{tag}-hub"]
+                        if not calls else [])
+    monkeypatch.setattr(nb, "_ip", lambda *a, check=True: calls.append(a))
+    assert nb.destroy_namespaces("dgcbench-7") == []
+    assert calls == [("netns", "del", "dgcbench-7-w0"), ("netns", "del", "dgcbench-7-hub")]
+
+
+def test_rates():
+    assert nb.rate_bits("100mbit") == 1e8
+    assert nb.rate_bits("1gbit") == 1e9
+    assert math.isinf(nb.rate_bits("unshaped"))
+    assert nb.rate_label("100mbit") == "100 Mbit/s" and nb.rate_label("unshaped") == "unshaped"
+    with pytest.raises(ValueError):
+        nb.rate_bits("fast")
+
+
+def _report():
+    def case(mode, rate, step, wire, status="ok", **kw):
+        return dict(model="mlp", workers=2, mode=mode, rate=rate, rate_bits=nb.rate_bits(rate),
+                    status=status, median_step_s=step, wire_bytes_per_step=wire, **kw)
+    report = {
+        "meta": {"command": "x"},
+        "floors": [{"model": "mlp", "workers": 2, "status": "ok", "median_step_s": 0.2}],
+        "cases": [
+            case("dgc", "1gbit", 0.25, 480_000.0),
+            case("dgc", "100mbit", 0.3, 490_000.0),
+            case("dense", "1gbit", 1.0, 202_000_000.0),
+            dict(model="mlp", workers=2, mode="dense", rate="100mbit", rate_bits=1e8,
+                 status="failed", failure="worker 1 exited (code 1)",
+                 error="[worker 1] UnavailableError: missed heartbeats"),
+        ]}
+    report["summary"] = nb.summarize(report)
+    return report
+
+
+def test_summary_table_and_json():
+    report = _report()
+    rows = {r["rate"]: r for r in report["summary"]}
+    assert rows["1gbit"]["speedup"] == pytest.approx(4.0)
+    assert rows["1gbit"]["dgc_over_floor"] == pytest.approx(1.25)
+    assert rows["1gbit"]["wire_ratio"] == pytest.approx(202e6 / 480e3)
+    assert rows["100mbit"]["speedup"] is None and rows["100mbit"]["dense_status"] == "failed"
+
+    table = nb.format_table(report)
+    lines = table.splitlines()
+    assert lines[0].split(" | ")[0].strip() == "model" and "DGC/floor" in lines[0]
+    assert len({len(line) for line in lines[:4]}) == 1  # aligned columns
+    assert "1 Gbit/s" in lines[2] and "4.00x" in lines[2] and "1.25x" in lines[2]
+    assert "202.00 MB" in lines[2] and "480.00 kB" in lines[2]
+    assert "FAILED[1]" in lines[3]
+    assert lines[4].startswith("[1] dense mlp 2w 100 Mbit/s") and "missed heartbeats" in lines[4]
+
+    back = json.loads(nb.to_json(report))
+    assert back["summary"][0]["speedup"] == pytest.approx(4.0)
+    assert back["cases"][3]["status"] == "failed"
+
+
+def test_summarize_results_takes_the_slowest_worker_per_step():
+    results = [{"step_times": [1.0, 3.0, 2.0], "tx_bytes": 300},
+               {"step_times": [2.0, 1.0, 2.5], "tx_bytes": 600}]
+    out = nb.summarize_results(results)
+    assert out["median_step_s"] == 2.5  # max per step: 2, 3, 2.5
+    assert out["wire_bytes_per_step"] == 300 and out["wire_bytes_per_step_per_worker"] == [100, 200]
+
+
+def test_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    nb.plot(_report(), tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000
