@@ -1,0 +1,244 @@
+"""A small ResNet on Fashion-MNIST padded to 32x32: dense momentum SGD next to DGC.
+
+The CIFAR ResNet of He et al. 2016 (section 4.2) at depth 6n+2: a 3x3 conv with
+16 filters, three stages of n basic blocks (two 3x3 convs, batch norm, ReLU)
+with 16, 32, 64 filters, stride 2 at the start of stages 2 and 3 (1x1
+projection shortcut there), global average pooling, a 10-way dense layer.
+`--blocks 1` is ResNet-8 (78k weights), 2 ResNet-14, 3 ResNet-20. The 28x28
+images are zero-padded to 32x32; no augmentation.
+
+Both runs use the same model, seed, data order and schedule: momentum 0.9,
+learning rate `--learning-rate` (default 0.1 for the global batch of 128),
+divided by 10 at 50% and 75% of the run, decoupled weight decay
+`--weight-decay` (Keras semantics, the same for both optimizers):
+
+* dense: `keras.optimizers.SGD(lr, momentum=0.9)`;
+* DGC: `dgc_tf.keras3.DGCSGD(lr, momentum=0.9, compress_ratio=0.001,
+  warmup_steps=<--warmup-epochs>)`: momentum correction, momentum factor
+  masking, 99.9% sparsity after the warm-up. Kernels with fewer than 1,024
+  weights (the first conv), biases and batch-norm parameters are exchanged
+  densely, as `min_compress_size` says.
+
+Two real local workers:
+
+    python -m dgc_tf.launch --workers 2 -- examples/fashion_mnist_resnet.py --epochs 30
+
+Single process (MirroredStrategy over the GPUs or 2 logical CPUs):
+
+    python examples/fashion_mnist_resnet.py --epochs 1 --train-size 2000
+
+`--max-steps-per-epoch` caps the batches per epoch (tests, short runs).
+"""
+
+import argparse
+import json
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--max-steps-per-epoch", type=int, default=None)
+    parser.add_argument("--optimizer", choices=["dense", "dgc", "both"], default="both")
+    parser.add_argument("--json", help="write the results here (chief only)")
+    parser.add_argument("--train-size", type=int, default=None, help="first N training images")
+    parser.add_argument("--test-size", type=int, default=None, help="first N test images")
+    parser.add_argument("--blocks", type=int, default=1, help="basic blocks per stage (n)")
+    parser.add_argument("--batch-size", type=int, default=128, help="global batch size")
+    parser.add_argument("--learning-rate", type=float, default=0.1)
+    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--compress-ratio", type=float, default=0.001)
+    parser.add_argument("--warmup-epochs", type=float, default=1.0)
+    parser.add_argument("--replicas", type=int, default=2,
+                        help="replicas of the single-process MirroredStrategy")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def strategy_for(replicas):
+    import dgc_tf.distribute
+
+    if os.environ.get("TF_CONFIG"):
+        return dgc_tf.distribute.MultiWorkerMirroredStrategy()
+    if not tf.config.list_physical_devices("GPU"):
+        cpus = tf.config.list_physical_devices("CPU")
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration()] * replicas)
+    devices = [d.name for d in (tf.config.list_logical_devices("GPU")
+                                or tf.config.list_logical_devices("CPU"))]
+    return tf.distribute.MirroredStrategy(
+        devices, cross_device_ops=dgc_tf.distribute.SparseAllGather(devices))
+
+
+def is_chief():
+    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
+    return task.get("index", 0) == 0
+
+
+def resnet(keras, blocks, num_classes=10):
+    """CIFAR-style ResNet-(6*blocks+2), 16-32-64 filters, on [32, 32, 1] inputs."""
+    layers = keras.layers
+    init = "he_normal"
+
+    def conv_bn(x, filters, stride=1, kernel=3):
+        x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
+                          kernel_initializer=init)(x)
+        return layers.BatchNormalization()(x)
+
+    inputs = keras.Input((32, 32, 1))
+    x = layers.ReLU()(conv_bn(inputs, 16))
+    for stage, filters in enumerate((16, 32, 64)):
+        for block in range(blocks):
+            stride = 2 if stage > 0 and block == 0 else 1
+            shortcut = x
+            y = layers.ReLU()(conv_bn(x, filters, stride))
+            y = conv_bn(y, filters)
+            if stride != 1 or shortcut.shape[-1] != filters:
+                shortcut = conv_bn(shortcut, filters, stride, kernel=1)
+            x = layers.ReLU()(layers.Add()([shortcut, y]))
+    x = layers.GlobalAveragePooling2D()(x)
+    outputs = layers.Dense(num_classes, kernel_initializer=init)(x)
+    return keras.Model(inputs, outputs, name=f"resnet{6 * blocks + 2}")
+
+
+def pad32(x):
+    return np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))
+
+
+def train(name, strategy, data, args):
+    import keras
+
+    import dgc_tf.keras3
+
+    (x_train, y_train), (x_test, y_test) = data
+    full_epoch = -(-len(x_train) // args.batch_size)
+    steps_per_epoch = min(args.max_steps_per_epoch or full_epoch, full_epoch)
+    total_steps = steps_per_epoch * args.epochs
+    warmup_steps = int(args.warmup_epochs * steps_per_epoch)
+
+    keras.utils.set_random_seed(args.seed)
+    with strategy.scope():
+        model = resnet(keras, args.blocks)
+        # A float, set before every batch by `StepDecay`: DGCSGD with a LearningRateSchedule
+        # fails under a strategy (the schedule's per-replica value reaches
+        # engine.apply_updates in cross-replica context).
+        lr = args.learning_rate
+        if name == "dense":
+            optimizer = keras.optimizers.SGD(lr, momentum=args.momentum,
+                                             weight_decay=args.weight_decay or None)
+        else:
+            optimizer = dgc_tf.keras3.DGCSGD(
+                learning_rate=lr, momentum=args.momentum, compress_ratio=args.compress_ratio,
+                warmup_steps=warmup_steps, weight_decay=args.weight_decay or None)
+        model.compile(optimizer=optimizer, jit_compile=False, metrics=["accuracy"],
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    # The same seed on every worker: each then takes its own shard of one order.
+    train_data = tf.data.Dataset.from_tensor_slices((x_train, y_train)).shuffle(
+        len(x_train), seed=args.seed, reshuffle_each_iteration=True).batch(args.batch_size)
+    if args.max_steps_per_epoch:
+        train_data = train_data.repeat()
+    test_data = tf.data.Dataset.from_tensor_slices((x_test, y_test)).batch(512)
+    history = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs = dict(logs or {})
+            row = {"epoch": epoch + 1,
+                   "learning_rate": float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
+                   "train_loss": float(logs.get("loss", float("nan"))),
+                   "train_accuracy": float(logs.get("accuracy", float("nan"))),
+                   "test_accuracy": float(logs.get("val_accuracy", float("nan")))}
+            if hasattr(optimizer, "compression_stats"):
+                row["compression_ratio_so_far"] = optimizer.compression_stats()[
+                    "compression_ratio"]
+            history.append(row)
+
+    class StepDecay(keras.callbacks.Callback):
+        """lr / 10 from 50% of the steps on, lr / 100 from 75% on."""
+
+        def __init__(self):
+            super().__init__()
+            self.current = args.learning_rate
+
+        def on_train_batch_begin(self, batch, logs=None):
+            step = int(optimizer.iterations.numpy())
+            value = args.learning_rate * (0.1 ** ((step >= int(0.5 * total_steps))
+                                                  + (step >= int(0.75 * total_steps))))
+            if value != self.current:
+                optimizer.learning_rate = value
+                self.current = value
+
+    start = time.perf_counter()
+    model.fit(train_data.with_options(options), epochs=args.epochs,
+              steps_per_epoch=steps_per_epoch if args.max_steps_per_epoch else None,
+              validation_data=test_data.with_options(options), shuffle=False,
+              callbacks=[StepDecay(), Record()], verbose=2 if is_chief() else 0)
+    seconds = time.perf_counter() - start
+    _, accuracy = model.evaluate(test_data.with_options(options), verbose=0)
+    steps = int(optimizer.iterations.numpy())
+    result = {"optimizer": name, "test_accuracy": float(accuracy), "train_seconds": seconds,
+              "steps": steps, "steps_per_epoch": steps_per_epoch,
+              "parameters": int(model.count_params()), "history": history}
+    if name == "dgc":
+        stats = optimizer.compression_stats()
+        result.update(
+            warmup_steps=warmup_steps,
+            compression_ratio=stats["compression_ratio"],
+            compression_ratio_last_step=stats["dense_bytes"] / steps / stats["last_bytes_sent"],
+            bytes_sent_per_step=stats["bytes_sent"] / steps,
+            dense_bytes_per_step=stats["dense_bytes"] / steps)
+    return result
+
+
+def main(argv=None):
+    args = parse_args(argv)
+
+    import dgc_tf
+    from dgc_tf.data import fashion_mnist_arrays
+
+    strategy = strategy_for(args.replicas)
+    (x, y), (x_test, y_test) = fashion_mnist_arrays(args.train_size, args.test_size)
+    data = (pad32(x), y), (pad32(x_test), y_test)
+    log = print if is_chief() else (lambda *a, **k: None)
+    log(f"Fashion-MNIST ResNet-{6 * args.blocks + 2}: {strategy.num_replicas_in_sync} replicas, "
+        f"{len(x)} training / {len(x_test)} test images (32x32), {args.epochs} epochs, batch "
+        f"{args.batch_size}, selection op: "
+        f"{'compiled' if dgc_tf.ops.using_custom_op() else 'pure-TF fallback'}", flush=True)
+
+    names = ["dense", "dgc"] if args.optimizer == "both" else [args.optimizer]
+    results = [train(name, strategy, data, args) for name in names]
+    if not is_chief():
+        return results
+    print()
+    print(f"{'optimizer':<10} {'test acc':>9} {'train s':>9} {'bytes/step':>11} "
+          f"{'compression':>12}")
+    for r in results:
+        ratio = r.get("compression_ratio")
+        sent = r.get("bytes_sent_per_step")
+        print(f"{r['optimizer']:<10} {r['test_accuracy']:>9.4f} {r['train_seconds']:>9.1f} "
+              f"{sent if sent is not None else float('nan'):>11.0f} "
+              + (f"{ratio:>11.1f}x" if ratio else f"{'1.0x':>12}"))
+    print("RESULT_JSON " + json.dumps(
+        {r["optimizer"]: {k: r.get(k) for k in ("test_accuracy", "compression_ratio")}
+         for r in results}))
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "replicas": strategy.num_replicas_in_sync,
+                       "workers": int(os.environ.get("DGC_TF_NUM_WORKERS", "1")),
+                       "results": results}, f, indent=2)
+    return results
+
+
+if __name__ == "__main__":
+    main()
