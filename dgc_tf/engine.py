@@ -82,6 +82,18 @@ def _cross_device_ops():
     return getattr(tf.distribute.get_strategy().extended, "_cross_device_ops", None)
 
 
+def check_not_xla():
+    """The selection op has no XLA kernel: fail at trace time, saying what to do."""
+    from tensorflow.python.ops import control_flow_util
+
+    if control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+        raise ValueError(
+            "DGCSGD cannot run inside an XLA-compiled function: its top-k selection op "
+            "(DGC>SampledTopK) has no XLA kernel. Compile the model with "
+            "`model.compile(..., jit_compile=False)` (Keras 3 turns XLA on by itself on a "
+            "single GPU) and do not wrap the training step in `tf.function(jit_compile=True)`.")
+
+
 def replica_context():
     ctx = tf.distribute.get_replica_context()
     if ctx is None:
@@ -105,6 +117,7 @@ def compress_and_exchange(config, grads, variables, slots, step):
     Returns:
       `Exchanged`.
     """
+    check_not_xla()
     ctx = replica_context()
     num_replicas = ctx.num_replicas_in_sync
     grads = [tf.cast(densify(g, v), v.dtype) for g, v in zip(grads, variables)]

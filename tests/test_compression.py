@@ -100,3 +100,16 @@ def test_pack_unpack_several_workers():
     np.testing.assert_array_equal(got_a, [[1.5, -2.5]] * 2)
     np.testing.assert_array_equal(got_b, [[7, 9]] * 2)
     np.testing.assert_array_equal(got_c, [[0.25, 0.5, 0.75]] * 2)
+
+
+def test_fallback_with_size_unknown_at_trace_time_and_k_checked_first():
+    from dgc_tf.ops import sampled_topk_tf
+
+    select = tf.function(lambda x, k: sampled_topk_tf(x, k), input_signature=[
+        tf.TensorSpec([None], tf.float32), tf.TensorSpec([], tf.int32)])
+    values, indices = select(tf.constant([1.0, -5.0, 3.0, 3.0]), tf.constant(3))
+    np.testing.assert_array_equal(values, [-5.0, 3.0, 3.0])
+    np.testing.assert_array_equal(indices, [1, 2, 3])
+    assert indices.dtype == tf.int64  # size unknown: the wide index type
+    with pytest.raises(tf.errors.InvalidArgumentError, match="`k` must be <= size"):
+        select(tf.constant([1.0, 2.0]), tf.constant(3))

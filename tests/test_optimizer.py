@@ -148,3 +148,17 @@ def test_private_keras_hooks_still_exist():
     for attribute in ("self._index_dict", "self._distribution_strategy", "self._iterations",
                       "self._variables"):
         assert attribute in legacy_source, attribute
+
+
+def test_xla_compiled_step_fails_early_with_advice():
+    import keras
+
+    import dgc_tf.keras3
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((40,)), keras.layers.Dense(40), keras.layers.Dense(2)])
+    model.compile(dgc_tf.keras3.DGCSGD(0.1), "mse", jit_compile=True)
+    assert model.jit_compile  # the situation Keras 3 creates by itself on one GPU
+    with pytest.raises(ValueError, match="jit_compile=False"):
+        model.fit(np.ones((8, 40), np.float32), np.ones((8, 2), np.float32), verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 0

@@ -83,14 +83,23 @@ def sampled_topk_tf(x, k, sample_ratio=0.01):
     size = flat.shape.num_elements()
     index_dtype = index_dtype_for(size)
     magnitude = tf.abs(flat)
-    tf.debugging.assert_equal(
-        tf.reduce_any(tf.math.is_nan(magnitude)), False,
-        message="sampled_topk: `x` contains NaN; top-k by magnitude is undefined.")
     k = tf.cast(k, tf.int32)
-    tf.debugging.assert_greater_equal(k, 1, message="sampled_topk: `k` must be >= 1.")
-    tf.debugging.assert_less_equal(
-        k, tf.cast(tf.size(flat), tf.int32), message="sampled_topk: `k` must be <= size(x).")
+    checks = [
+        tf.debugging.assert_equal(
+            tf.reduce_any(tf.math.is_nan(magnitude)), False,
+            message="sampled_topk: `x` contains NaN; top-k by magnitude is undefined."),
+        tf.debugging.assert_greater_equal(k, 1, message="sampled_topk: `k` must be >= 1."),
+        tf.debugging.assert_less_equal(
+            k, tf.cast(tf.size(flat), tf.int32), message="sampled_topk: `k` must be <= size(x)."),
+    ]
+    # In a graph the checks must run before any selection that k could break.
+    with tf.control_dependencies(checks):
+        magnitude = tf.identity(magnitude)
 
+    if size is None:
+        # Size unknown at trace time: no static sample plan; select directly.
+        top = tf.math.top_k(magnitude, k=k, sorted=True)
+        return tf.gather(flat, top.indices), tf.cast(top.indices, index_dtype)
     sample_size = min(size, max(MIN_SAMPLE_SIZE, math.ceil(sample_ratio * size)))
     if sample_size >= size:
         # The sample would be the tensor itself: select directly.
