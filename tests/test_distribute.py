@@ -128,3 +128,16 @@ def test_dgc_multi_worker_strategy_locally_with_and_without_merge_call(use_merge
 def dgc_multi_worker_strategy():
     from dgc_tf.distribute import MultiWorkerMirroredStrategy
     return MultiWorkerMirroredStrategy._from_local_devices(DEVICES)
+
+
+def test_compression_above_400x_at_999_sparsity_when_compressed_variables_dominate():
+    shapes = [(784, 1024), (1024, 10), (10,)]  # an MLP whose big kernel has no bias
+    rng = np.random.default_rng(5)
+    weights = [rng.normal(size=s).astype(np.float32) for s in shapes]
+    run = run_on(sparse_strategy(), dict(learning_rate=0.1, compress_ratio=0.001), weights)
+    for _ in range(2):
+        run.apply([[rng.normal(size=s).astype(np.float32) for s in shapes] for _ in range(2)])
+    stats = run.optimizer.compression_stats()
+    # k = 803 and 11: (2 * 814 words of values and indices + 10 dense + 1 flag) * 4 bytes.
+    assert stats["last_bytes_sent"] == 4 * (2 * 814 + 10 + 1)
+    assert stats["compression_ratio"] > 400
