@@ -25,6 +25,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
+import dgc_tf  # noqa: E402
+import dgc_tf.distribute  # noqa: E402
+
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -37,26 +40,6 @@ def parse_args():
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--json", help="write the results here")
     return parser.parse_args()
-
-
-def strategy_for(replicas):
-    import dgc_tf.distribute
-
-    if os.environ.get("TF_CONFIG"):
-        return dgc_tf.distribute.MultiWorkerMirroredStrategy()
-    if not tf.config.list_physical_devices("GPU"):
-        cpus = tf.config.list_physical_devices("CPU")
-        tf.config.set_logical_device_configuration(
-            cpus[0], [tf.config.LogicalDeviceConfiguration()] * replicas)
-    devices = [d.name for d in (tf.config.list_logical_devices("GPU")
-                                or tf.config.list_logical_devices("CPU"))]
-    return tf.distribute.MirroredStrategy(
-        devices, cross_device_ops=dgc_tf.distribute.SparseAllGather(devices))
-
-
-def is_chief():
-    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
-    return task.get("index", 0) == 0
 
 
 def convnet(keras):
@@ -89,7 +72,7 @@ def train(name, make_optimizer, strategy, data, args):
     train = tf.data.Dataset.from_tensor_slices((x_train, y_train)).shuffle(
         len(x_train), seed=0).batch(args.batch_size)
     model.fit(train.with_options(options), epochs=args.epochs, shuffle=False,
-              verbose=2 if is_chief() else 0)
+              verbose=2 if dgc_tf.distribute.is_chief() else 0)
     seconds = time.perf_counter() - start
     _, accuracy = model.evaluate(x_test, y_test, batch_size=512, verbose=0)
     result = {"optimizer": name, "test_accuracy": float(accuracy), "train_seconds": seconds}
@@ -109,14 +92,13 @@ def main():
     args = parse_args()
     import keras
 
-    import dgc_tf
     from dgc_tf.data import fashion_mnist_arrays
 
-    strategy = strategy_for(args.replicas)
+    strategy = dgc_tf.distribute.strategy_from_environment(args.replicas)
     data = fashion_mnist_arrays(train_size=args.train_size)
     steps_per_epoch = -(-len(data[0][0]) // args.batch_size)
     warmup_steps = int(args.warmup_epochs * steps_per_epoch)
-    log = print if is_chief() else (lambda *a, **k: None)
+    log = print if dgc_tf.distribute.is_chief() else (lambda *a, **k: None)
     log(f"dgc_tf demo: {strategy.num_replicas_in_sync} replicas, {len(data[0][0])} training "
           f"images, {args.epochs} epochs, batch {args.batch_size}, selection op: "
           f"{'compiled' if dgc_tf.ops.using_custom_op() else 'pure-TF fallback'}")
@@ -131,7 +113,7 @@ def main():
               strategy, data, args),
     ]
 
-    if not is_chief():
+    if not dgc_tf.distribute.is_chief():
         return
     print()
     print(f"{'optimizer':<28} {'test acc':>9} {'train s':>8} {'bytes/step':>11} "
