@@ -4,7 +4,8 @@
 tf_keras one when `TF_USE_LEGACY_KERAS=1`, so that
 `model.compile(optimizer=dgc_tf.DGCSGD())` works with whichever Keras
 `tf.keras` is. `dgc_tf.keras3.DGCSGD` and `dgc_tf.tf_keras.DGCSGD` name a
-flavour explicitly.
+flavour explicitly. `dgc_tf.VGCSGD` (variance-based gradient compression,
+`dgc_tf.vgc`) is the Keras 3 one.
 """
 
 import importlib
@@ -12,7 +13,7 @@ import os
 
 __version__ = "0.1.0"
 
-__all__ = ["DGCSGD", "DGCConfig", "ops", "keras_flavour"]
+__all__ = ["DGCSGD", "VGCSGD", "DGCConfig", "ops", "keras_flavour"]
 
 
 def keras_flavour():
@@ -25,9 +26,16 @@ def __getattr__(name):
     # Lazy, so that importing dgc_tf pulls in only the Keras flavour in use.
     if name == "DGCSGD":
         return importlib.import_module(f"dgc_tf.{keras_flavour()}").DGCSGD
+    if name == "VGCSGD":
+        # Variance-based gradient compression (dgc_tf.vgc); Keras 3 only for now.
+        if keras_flavour() != "keras3":
+            raise AttributeError(
+                "dgc_tf.VGCSGD is implemented for Keras 3 only; unset TF_USE_LEGACY_KERAS.")
+        return importlib.import_module("dgc_tf.vgc").VGCSGD
     if name == "DGCConfig":
         from dgc_tf.config import DGCConfig
         return DGCConfig
-    if name in ("ops", "keras3", "tf_keras", "compression", "distribute", "callbacks", "data"):
+    if name in ("ops", "keras3", "tf_keras", "compression", "distribute", "callbacks", "data",
+                "vgc"):
         return importlib.import_module(f"dgc_tf.{name}")
     raise AttributeError(f"module 'dgc_tf' has no attribute {name!r}")
