@@ -172,13 +172,14 @@ def apply_updates(distribution, config, variables, slots, exchanged, learning_ra
       distribution: the strategy (as `merge_call` passes it).
       variables, slots: as for `compress_and_exchange`.
       exchanged: its result (per-replica values inside `merge_call`).
-      learning_rate: the current learning rate (tensor or variable).
+      learning_rate: the current learning rate (tensor or variable; per-replica
+        values inside `merge_call` when a schedule computed it per replica).
       weight_decay_for: `variable -> float or None`, Keras's decoupled decay.
     """
     for var, slot, update in zip(variables, slots, exchanged.updates):
         decay = weight_decay_for(var)
 
-        def apply_one(var, update, ok, slot=slot, decay=decay):
+        def apply_one(var, update, ok, learning_rate, slot=slot, decay=decay):
             def step():
                 lr = tf.cast(learning_rate, var.dtype)
                 if decay:
@@ -191,7 +192,10 @@ def apply_updates(distribution, config, variables, slots, exchanged, learning_ra
 
             return tf.cond(ok, step, lambda: tf.constant(False))
 
-        distribution.extended.update(var, apply_one, args=(update, exchanged.ok), group=False)
+        # The learning rate goes through `args` like the rest: a schedule's value
+        # is per replica here, and update() hands each device its own.
+        distribution.extended.update(
+            var, apply_one, args=(update, exchanged.ok, learning_rate), group=False)
 
 
 def apply_sparse(var, update, lr):

@@ -115,15 +115,16 @@ class DGCSGD(DGCOptimizerMixin, tf_keras.optimizers.Optimizer):
             exchanged = engine.compress_and_exchange(
                 self.dgc_config, grads, variables, slots, self._iterations)
             iteration = tf.__internal__.distribute.interim.maybe_merge_call(
-                self._apply_exchanged, self._distribution_strategy, variables, slots, exchanged)
+                self._apply_exchanged, self._distribution_strategy, variables, slots, exchanged,
+                self.learning_rate)
             for variable in variables:
                 if variable.constraint is not None:
                     variable.assign(variable.constraint(variable))
             return iteration
 
-    def _apply_exchanged(self, distribution, variables, slots, exchanged):
+    def _apply_exchanged(self, distribution, variables, slots, exchanged, learning_rate):
         engine.apply_updates(
-            distribution, self.dgc_config, variables, slots, exchanged, self.learning_rate,
+            distribution, self.dgc_config, variables, slots, exchanged, learning_rate,
             self._weight_decay_for)
         self._dgc_counters.record(distribution, exchanged)
         return self.iterations.assign_add(1)

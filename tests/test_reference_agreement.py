@@ -71,3 +71,30 @@ def test_matches_reference_with_the_pure_tf_fallback(flavour, monkeypatch):
 
     monkeypatch.setattr(_custom_op, "load", lambda: None)
     test_matches_reference_step_by_step(flavour, "nesterov")
+
+
+@pytest.mark.parametrize("flavour", harness.FLAVOURS)
+def test_matches_reference_with_a_learning_rate_schedule(flavour):
+    """A schedule is evaluated per replica; the update must still see one value."""
+    if flavour == "keras3":
+        from keras.optimizers.schedules import PiecewiseConstantDecay
+    else:
+        from tf_keras.optimizers.schedules import PiecewiseConstantDecay
+    boundaries, values = [1, 3], [0.2, 0.1, 0.05]
+    rng = np.random.default_rng(9)
+    weights = [rng.normal(size=s).astype(np.float32) for s in SHAPES]
+    kwargs = dict(momentum=0.9, compress_ratio=0.01, weight_decay=0.01)
+    run = harness.Run(flavour, harness.optimizer_class(flavour),
+                      dict(kwargs, learning_rate=PiecewiseConstantDecay(boundaries, values)),
+                      weights)
+    reference = DGCReference(
+        SHAPES, harness.NUM_REPLICAS, dtype=np.float32,
+        learning_rate=lambda t: values[sum(t > b for b in boundaries)], **kwargs)
+    expected = [w.copy() for w in weights]
+    for step in range(5):
+        grads = [[rng.normal(size=s).astype(np.float32) / 2 for s in SHAPES] for _ in range(2)]
+        run.apply(grads)
+        expected = reference.step(expected, grads)
+        for j, (got, want) in enumerate(zip(run.weights(), expected)):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5,
+                                       err_msg=f"variable {j}, step {step}")
