@@ -40,6 +40,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from dgc_tf.distribute import is_chief, strategy_from_environment  # noqa: E402
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -60,26 +62,6 @@ def parse_args(argv=None):
                         help="replicas of the single-process MirroredStrategy")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
-
-
-def strategy_for(replicas):
-    import dgc_tf.distribute
-
-    if os.environ.get("TF_CONFIG"):
-        return dgc_tf.distribute.MultiWorkerMirroredStrategy()
-    if not tf.config.list_physical_devices("GPU"):
-        cpus = tf.config.list_physical_devices("CPU")
-        tf.config.set_logical_device_configuration(
-            cpus[0], [tf.config.LogicalDeviceConfiguration()] * replicas)
-    devices = [d.name for d in (tf.config.list_logical_devices("GPU")
-                                or tf.config.list_logical_devices("CPU"))]
-    return tf.distribute.MirroredStrategy(
-        devices, cross_device_ops=dgc_tf.distribute.SparseAllGather(devices))
-
-
-def is_chief():
-    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
-    return task.get("index", 0) == 0
 
 
 def resnet(keras, blocks, num_classes=10):
@@ -206,7 +188,7 @@ def main(argv=None):
     import dgc_tf
     from dgc_tf.data import fashion_mnist_arrays
 
-    strategy = strategy_for(args.replicas)
+    strategy = strategy_from_environment(args.replicas)
     (x, y), (x_test, y_test) = fashion_mnist_arrays(args.train_size, args.test_size)
     data = (pad32(x), y), (pad32(x_test), y_test)
     log = print if is_chief() else (lambda *a, **k: None)
