@@ -80,6 +80,7 @@ CASES = {
     "no_momentum": dict(momentum=0.0, alpha=1.0),
     "weight_decay": dict(momentum=0.9, alpha=0.5, weight_decay=0.05),
     "strict": dict(momentum=0.0, alpha=8.0, zeta=0.9),
+    "local_clipping": dict(momentum=0.9, alpha=1.0, local_clipnorm=20.0),
 }
 
 
@@ -263,6 +264,7 @@ def test_fit_without_the_estimator_says_what_to_do():
     (dict(alpha=-1.0), "alpha"), (dict(alpha=float("nan")), "alpha"), (dict(alpha="1"), "alpha"),
     (dict(zeta=1.5), "zeta"), (dict(zeta=-0.1), "zeta"), (dict(momentum=1.0), "momentum"),
     (dict(nesterov=1), "nesterov"), (dict(min_compress_size=0), "min_compress_size"),
+    (dict(local_clipnorm=0.0), "local_clipnorm"),
 ])
 def test_arguments_are_validated(kwargs, name):
     with pytest.raises(ValueError, match=f"`{name}`"):
@@ -283,7 +285,7 @@ def test_num_groups_is_validated(bad):
 def test_get_config_round_trip():
     import keras
     kwargs = dict(learning_rate=0.05, alpha=2.0, zeta=0.99, momentum=0.8, nesterov=True,
-                  min_compress_size=512)
+                  min_compress_size=512, local_clipnorm=3.0)
     optimizer = vgc_class()(weight_decay=0.01, **kwargs)
     config = optimizer.get_config()
     for key, value in kwargs.items():
@@ -299,3 +301,46 @@ def test_get_config_round_trip():
 def test_top_level_export():
     import dgc_tf
     assert dgc_tf.VGCSGD is vgc_class()
+
+
+@pytest.mark.parametrize("use_merge_call", [True, False])
+def test_dgc_multi_worker_strategy_locally_with_and_without_merge_call(use_merge_call):
+    from dgc_tf.distribute import MultiWorkerMirroredStrategy
+    strategy = _local_mwms()
+    assert isinstance(strategy.extended._cross_device_ops, SparseAllGather)
+    if not use_merge_call:
+        strategy.extended._use_merge_call = lambda: False
+    try:
+        check_against_reference("momentum", strategy=strategy, steps=3)
+    finally:
+        strategy.extended.__dict__.pop("_use_merge_call", None)
+    del MultiWorkerMirroredStrategy
+
+
+@functools.lru_cache(maxsize=None)
+def _local_mwms():
+    from dgc_tf.distribute import MultiWorkerMirroredStrategy
+    return MultiWorkerMirroredStrategy._from_local_devices(DEVICES)
+
+
+def test_fit_on_two_replicas_with_use_micro_batch_step():
+    import keras
+    from dgc_tf.vgc import VGCSGD, use_micro_batch_step
+    keras.utils.set_random_seed(1)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(256, 32)).astype(np.float32)
+    y = (x[:, :10].argmax(axis=1)).astype(np.int32)
+    with sparse_strategy().scope():
+        model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(64, activation="relu"),
+                                  keras.layers.Dense(10)])
+        model.compile(optimizer=VGCSGD(learning_rate=0.1, min_compress_size=256),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      jit_compile=False)
+    use_micro_batch_step(model, num_groups=2)
+    history = model.fit(x, y, batch_size=32, epochs=3, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    # Model weights stay identical on both replicas.
+    for variable in model.trainable_variables:
+        values = [v.numpy() for v in variable.value.values]
+        np.testing.assert_array_equal(values[0], values[1])
+    assert 0 < model.optimizer.compression_stats()["density"] < 1

@@ -12,7 +12,8 @@ and mean squared per-example gradient estimate; B its batch size):
     sent = r^2 > alpha * s / B
     G += r[sent];  r[sent] = 0;  s[sent] = 0;  s[~sent] *= zeta
 then `keras_sgd_update(w, G)` (momentum, nesterov); dense variables:
-`keras_sgd_update(w, sum_k g_k)`. Decoupled weight decay first, as Keras.
+`keras_sgd_update(w, sum_k g_k)`. Decoupled weight decay first, as Keras; optional local clipping of each worker's
+whole gradient list to `local_clipnorm / sqrt(N)` (estimates scaled by the square).
 """
 
 import math
@@ -35,7 +36,8 @@ def micro_batch_moments(group_grads, group_sizes):
 class VGCReference:
     def __init__(self, shapes, num_workers, learning_rate=0.01, alpha=1.0, zeta=0.999,
                  momentum=0.9, nesterov=False, min_compress_size=1024, weight_decay=None,
-                 dtype=np.float64):
+                 local_clipnorm=None, dtype=np.float64):
+        self.local_clipnorm = local_clipnorm
         self.shapes = [tuple(s) for s in shapes]
         self.num_workers = num_workers
         self.lr = float(learning_rate)
@@ -60,6 +62,16 @@ class VGCReference:
         """`grads[k][j]`, `sq[k][j]`: worker k's gradient / estimate; `batch_sizes[k]`."""
         dt = self.dtype
         weights = [np.array(w, dt) for w in weights]
+        if self.local_clipnorm is not None:
+            # Clip each worker's whole list to local_clipnorm / sqrt(N); squares by c^2.
+            threshold = self.local_clipnorm / math.sqrt(self.num_workers)
+            grads, sq = [list(g) for g in grads], [list(q) for q in sq]
+            for k in range(self.num_workers):
+                norm = math.sqrt(sum(float(np.sum(np.square(np.asarray(g, np.float64))))
+                                     for g in grads[k]))
+                c = threshold / norm if norm > threshold else 1.0
+                grads[k] = [np.asarray(g, dt) * dt.type(c) for g in grads[k]]
+                sq[k] = [np.asarray(q, dt) * dt.type(c * c) for q in sq[k]]
         if self.weight_decay:
             weights = [w - self.lr * self.weight_decay * w for w in weights]
         out = []

@@ -8,7 +8,7 @@ See the package docstring for the algorithm and the design decisions.
 
 import dataclasses
 import math
-from typing import List, NamedTuple
+from typing import List, NamedTuple, Optional
 
 import tensorflow as tf
 
@@ -33,6 +33,9 @@ class VGCConfig:
       nesterov: Nesterov momentum (Keras SGD's) on that update.
       min_compress_size: variables with fewer elements, or of rank < 2, are
         exchanged densely with ordinary momentum SGD.
+      local_clipnorm: as DGC's: scale each worker's whole gradient list by
+        `c = min(1, (local_clipnorm / sqrt(N)) / global_norm)` before it is
+        accumulated, and the squared-gradient estimates by `c^2`; None: off.
     """
 
     alpha: float = 1.0
@@ -40,6 +43,7 @@ class VGCConfig:
     momentum: float = 0.9
     nesterov: bool = False
     min_compress_size: int = 1024
+    local_clipnorm: Optional[float] = None
 
     def __post_init__(self):
         def number(name):
@@ -62,6 +66,8 @@ class VGCConfig:
                 or self.min_compress_size < 1:
             raise ValueError(
                 f"`min_compress_size` must be an integer >= 1, got {self.min_compress_size!r}.")
+        if self.local_clipnorm is not None and not number("local_clipnorm") > 0:
+            raise ValueError(f"`local_clipnorm` must be > 0 or None, got {self.local_clipnorm}.")
 
     def is_compressed(self, shape):
         """VGC compresses variables of rank >= 2 with at least `min_compress_size` elements."""
@@ -217,6 +223,12 @@ def compress_and_exchange(config, grads, grad_sq_means, batch_size, variables, s
     grads = [tf.where(finite, g, tf.zeros_like(g)) for g in grads]
     sq = [None if q is None else tf.where(finite, q, tf.zeros_like(q)) for q in sq]
     batch_size = tf.convert_to_tensor(batch_size)
+    if config.local_clipnorm is not None:
+        threshold = config.local_clipnorm / float(num_replicas) ** 0.5
+        norm = tf.linalg.global_norm(grads)
+        scale = tf.where(norm > threshold, threshold / norm, tf.ones_like(norm))
+        grads = [g * tf.cast(scale, g.dtype) for g in grads]
+        sq = [None if q is None else q * tf.cast(tf.square(scale), q.dtype) for q in sq]
 
     staged, counts = [], []
     for grad, grad_sq, var, slot in zip(grads, sq, variables, slots):

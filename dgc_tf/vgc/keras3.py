@@ -18,7 +18,8 @@ class VGCSGD(DGCOptimizerMixin, keras.optimizers.Optimizer):
     """SGD with variance-based gradient compression (Tsuzuku, Imachi, Akiba 2018).
 
     Per replica and compressed variable (rank >= 2, at least
-    `min_compress_size` elements), with `g` the replica's minibatch gradient,
+    `min_compress_size` elements), with `g` the replica's minibatch gradient
+    (after optional local clipping, as DGCSGD's `local_clipnorm`),
     `q` its estimate of the mean squared per-example gradient and `B` its
     local batch size:
 
@@ -37,9 +38,10 @@ class VGCSGD(DGCOptimizerMixin, keras.optimizers.Optimizer):
     """
 
     def __init__(self, learning_rate=0.01, alpha=1.0, zeta=0.999, momentum=0.9,
-                 nesterov=False, min_compress_size=1024, name="VGCSGD", **kwargs):
+                 nesterov=False, min_compress_size=1024, local_clipnorm=None, name="VGCSGD",
+                 **kwargs):
         vgc_config = VGCConfig(alpha=alpha, zeta=zeta, momentum=momentum, nesterov=nesterov,
-                               min_compress_size=min_compress_size)
+                               min_compress_size=min_compress_size, local_clipnorm=local_clipnorm)
         if kwargs.get("gradient_accumulation_steps"):
             raise ValueError(
                 "`gradient_accumulation_steps` is not supported by VGCSGD: VGC already "
@@ -211,7 +213,8 @@ def use_micro_batch_step(model, num_groups=4):
     if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 2:
         raise ValueError(f"`num_groups` must be an integer >= 2, got {num_groups!r}.")
     model.train_step = lambda data: micro_batch_train_step(model, data, num_groups)
-    model.make_train_function(force=True) if getattr(model, "train_function", None) else None
+    if getattr(model, "train_function", None) is not None:
+        model.train_function = None  # rebuilt around the new step by the next fit
     return model
 
 
