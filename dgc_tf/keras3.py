@@ -45,7 +45,6 @@ class DGCSGD(DGCOptimizerMixin, keras.optimizers.Optimizer):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.dgc_config = dgc_config
 
-
     def build(self, variables):
         if self.built:
             return
