@@ -120,48 +120,65 @@ def compress_and_exchange(config, grads, variables, slots, step):
     check_not_xla()
     ctx = replica_context()
     num_replicas = ctx.num_replicas_in_sync
-    grads = [tf.cast(densify(g, v), v.dtype) for g, v in zip(grads, variables)]
+    # tf.distribute batches an all_reduce only when every value sits on a
+    # replica's device, and gradients fed from outside (or a cond's outputs)
+    # may carry none: identity places them here, or each variable would get
+    # a collective of its own.
+    grads = [tf.identity(tf.cast(densify(g, v), v.dtype)) for g, v in zip(grads, variables)]
 
-    # A replica with NaN/Inf must not poison anyone's residual: it contributes
-    # zeros, and its flag (exchanged below) makes every replica skip the step.
+    # A replica with NaN/Inf must not touch anyone's state. Agreeing on that
+    # first (one scalar all-reduce) lets every replica update its residual and
+    # momentum in place, or not at all, instead of computing new state beside
+    # the old and choosing between them: for large models those copies cost
+    # far more than the extra scalar collective.
     finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
-    grads = [tf.where(finite, g, tf.zeros_like(g)) for g in grads]
+    flag = tf.reshape(tf.cast(tf.logical_not(finite), tf.float32), [1])
+    ok = tf.equal(ctx.all_reduce(tf.distribute.ReduceOp.SUM, flag)[0], 0)
     grads = compression.local_clip(grads, config.local_clipnorm, num_replicas)
 
     # What this replica hands to one all_reduce: a CompressedGradient per
-    # compressed variable, the dense gradients, and its non-finite flag.
-    handed, staged = [], []
+    # compressed variable and the dense gradients. On a skipped step it still
+    # takes part (collectives need everyone) with k zeros, which apply_updates
+    # never applies.
+    handed = []
     for grad, var, slot in zip(grads, variables, slots):
         if not slot.compressed:
             handed.append(grad)
-            staged.append(None)
             continue
-        old_u = tf.zeros_like(grad) if slot.momentum is None else tf.identity(slot.momentum)
-        old_v = tf.identity(slot.residual)
-        u, v = compression.momentum_correction(old_u, old_v, grad, config.momentum, config.nesterov)
         size = var.shape.num_elements()
         k = compression.selected_count(size, step, config.compress_ratio, config.warmup_steps)
-        values, indices = compression.select(v, k, config.sample_ratio)
-        u, v = compression.mask_sent(u, v, indices, config.momentum_masking)
+        values, indices = tf.cond(
+            ok,
+            lambda grad=grad, slot=slot, k=k: _accumulate_and_select(config, slot, grad, k),
+            lambda grad=grad, k=k: (tf.zeros([k], grad.dtype),
+                                    tf.zeros([k], compression.index_dtype_for(size))))
+        values, indices = tf.identity(values), tf.identity(indices)  # placed: see below
         handed.append(CompressedGradient(values, indices, tf.constant([size], indices.dtype)))
-        staged.append((slot, old_u, old_v, u, v))
-    nonfinite = tf.reshape(tf.cast(tf.logical_not(finite), grads[0].dtype), [1])
-    handed.append(nonfinite)
 
-    *updates, nonfinite_replicas = ctx.all_reduce(tf.distribute.ReduceOp.SUM, handed)
-    ok = tf.equal(tf.reduce_sum(nonfinite_replicas), 0)
-    for stage in staged:
-        if stage is None:
-            continue
-        slot, old_u, old_v, u, v = stage
-        if slot.momentum is not None:
-            slot.momentum.assign(tf.where(ok, u, old_u))
-        slot.residual.assign(tf.where(ok, v, old_v))
+    updates = ctx.all_reduce(tf.distribute.ReduceOp.SUM, handed)
 
     wire_dtype = getattr(_cross_device_ops(), "wire_dtype", None)
-    bytes_sent = handed_bytes(handed, wire_dtype)
+    bytes_sent = handed_bytes(handed + [flag], wire_dtype)
     dense_bytes = float(sum(v.shape.num_elements() * v.dtype.size for v in variables))
     return Exchanged(updates, ok, bytes_sent, dense_bytes)
+
+
+def _accumulate_and_select(config, slot, grad, k):
+    """Momentum correction into the replica's state, selection, masking.
+
+    Returns the selected `(values, flat indices)`; the state variables are
+    updated in place (replica-local assignments).
+    """
+    u = tf.zeros_like(grad) if slot.momentum is None else slot.momentum.read_value()
+    u, v = compression.momentum_correction(
+        u, slot.residual.read_value(), grad, config.momentum, config.nesterov)
+    values, indices = compression.select(v, k, config.sample_ratio)
+    u, v = compression.mask_sent(u, v, indices, config.momentum_masking)
+    with tf.control_dependencies([values, indices]):
+        if slot.momentum is not None:
+            slot.momentum.assign(u)
+        slot.residual.assign(v)
+    return tf.identity(values), tf.identity(indices)
 
 
 def apply_updates(distribution, config, variables, slots, exchanged, learning_rate,
