@@ -1,4 +1,4 @@
-"""DGC vs dense SGD on an emulated slow network (issue 5; needs root).
+"""DGC and VGC vs dense SGD on an emulated slow network (issues 5 and 7; needs root).
 
 Each worker runs in its own network namespace (``dgcbench-<pid>-w<i>``): two
 workers are joined by one veth pair, more through a bridge in a hub namespace
@@ -12,11 +12,18 @@ For every model and worker count it runs, once per bandwidth (the link is
 re-shaped between rates while the same worker processes wait):
   dgc    dgc_tf.distribute.MultiWorkerMirroredStrategy + DGCSGD, compress_ratio
          0.001 and no warm-up (the timed steps run at 99.9% sparsity)
+  vgc    the same strategy + dgc_tf.vgc.VGCSGD (alpha 1, zeta 0.999 by default),
+         its gradient and squared-gradient estimate from --vgc-groups strided
+         micro-batches (one forward/backward each); the count it sends varies
+         per step, so its wire bytes are as measured and its density is the
+         fraction of compressed elements sent over the timed steps
   dense  the same strategy (TensorFlow's for dense gradients) + keras SGD
-and, once per model and worker count, the floor: the same per-worker batch,
-forward, backward and a plain local SGD step with no communication at all, in
-as many concurrent processes as there are workers (so they share the CPU as
-the workers do).
+(`--modes` picks among them) and, once per model and worker count, the floor:
+the same per-worker batch, forward, backward and a plain local SGD step with
+no communication at all, in as many concurrent processes as there are workers
+(so they share the CPU as the workers do). With vgc also VGC's floor: its
+micro-batch passes and VGCSGD's selection on one local replica, no
+communication. Every step trains on a fresh synthetic batch.
 
 Reported per case: the median step time of the timed steps (warm-up steps
 excluded), the bytes on the wire per step (the sum over workers of each
@@ -56,7 +63,8 @@ WORKER = os.path.join(HERE, "workers", "bench_worker.py")
 SUBNET = "10.213.0"
 DEV = "dgc0"
 PORT = 23456
-MODES = ("dgc", "dense")
+MODES = ("dgc", "vgc", "dense")
+FLOOR_MODE = {"dgc": "floor", "dense": "floor", "vgc": "floor_vgc"}
 DEFAULT_BATCH = {"mlp": 32, "lstm": 20}
 
 
@@ -316,12 +324,14 @@ def start_group(topo, model, mode, opts):
                 "--batch", str(opts.batch[model]), "--workers", str(n),
                 "--threads", str(opts.threads_for(n)),
                 "--compress-ratio", str(opts.compress_ratio),
+                "--alpha", str(opts.alpha), "--zeta", str(opts.zeta),
+                "--vgc-groups", str(opts.vgc_groups),
                 "--dense-strategy", opts.dense_strategy,
                 "--heartbeat-timeout-ms", str(opts.heartbeat_timeout_ms)]
         env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                    TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
         env.pop("TF_USE_LEGACY_KERAS", None)
-        if mode == "floor":
+        if mode.startswith("floor"):
             commands.append(args)
         else:
             env["TF_CONFIG"] = json.dumps({"cluster": cluster,
@@ -365,6 +375,16 @@ def summarize_results(results):
     if "dgc_last_bytes_sent" in results[0]:
         out["dgc_payload_bytes_per_worker"] = results[0]["dgc_last_bytes_sent"]
         out["dgc_compression_ratio"] = results[0]["dgc_compression_ratio"]
+    if "vgc_density" in results[0]:
+        # The density and skipped steps are global (summed over replicas); bytes per worker.
+        for key in ("vgc_density", "vgc_density_cumulative", "vgc_skipped_steps"):
+            out[key] = results[0][key]
+        handed = [r["vgc_payload_bytes_per_step_per_worker"] for r in results]
+        out["vgc_payload_bytes_per_step_per_worker"] = handed
+        out["vgc_dense_bytes_per_step_per_worker"] = results[0][
+            "vgc_dense_bytes_per_step_per_worker"]
+        out["vgc_compression_ratio"] = (out["vgc_dense_bytes_per_step_per_worker"] * len(handed)
+                                        / sum(handed) if sum(handed) else None)
     return out
 
 
@@ -383,11 +403,13 @@ def run_benchmark(opts, report=None, log=print):
                 topo.create()
                 log(f"== {model}, {n} workers: namespaces {', '.join(topo.namespaces)}"
                     + (f" + {topo.hub}" if topo.hub else ""))
-                before = run_floor(topo, model, opts, log)
-                for mode in MODES:
+                floor_modes = sorted({FLOOR_MODE[m] for m in opts.modes})
+                before = {f: run_floor(topo, model, opts, log, f) for f in floor_modes}
+                for mode in opts.modes:
                     report["cases"].extend(run_mode(topo, model, mode, opts, log))
-                after = run_floor(topo, model, opts, log)
-                report["floors"].append(combine_floors(before, after))
+                after = {f: run_floor(topo, model, opts, log, f) for f in floor_modes}
+                for f in floor_modes:
+                    report["floors"].append(combine_floors(before[f], after[f]))
             finally:
                 left = topo.destroy()
                 if left:
@@ -396,17 +418,18 @@ def run_benchmark(opts, report=None, log=print):
     return report
 
 
-def run_floor(topo, model, opts, log):
-    group = start_group(topo, model, "floor", opts)
-    entry = {"model": model, "workers": topo.workers, "loadavg": os.getloadavg()[0]}
+def run_floor(topo, model, opts, log, kind="floor"):
+    group = start_group(topo, model, kind, opts)
+    entry = {"model": model, "workers": topo.workers, "kind": kind,
+             "loadavg": os.getloadavg()[0]}
     try:
         results = measure(group, opts, first=True)
         entry.update(status="ok", **summarize_results(results))
-        log(f"   floor ({topo.workers} local processes, no communication): "
+        log(f"   {kind} ({topo.workers} local processes, no communication): "
             f"{entry['median_step_s'] * 1e3:.1f} ms/step (load {entry['loadavg']:.1f})")
     except WorkerFailure as e:
         entry.update(status="failed", error=str(e))
-        log(f"   floor FAILED: {e}")
+        log(f"   {kind} FAILED: {e}")
     finally:
         group.stop()
     return entry
@@ -416,7 +439,7 @@ def combine_floors(before, after):
     """The floor is measured before and after a group's runs (the host is shared and its
     load drifts); the reported floor is the mean of the two medians."""
     entry = {"model": before["model"], "workers": before["workers"],
-             "before": before, "after": after}
+             "kind": before.get("kind", "floor"), "before": before, "after": after}
     ok = [f["median_step_s"] for f in (before, after) if f.get("status") == "ok"]
     if ok:
         entry.update(status="ok", median_step_s=sum(ok) / len(ok))
@@ -437,9 +460,11 @@ def run_mode(topo, model, mode, opts, log):
             try:
                 case.update(status="ok", **summarize_results(measure(group, opts, first)))
                 wire = case.get("wire_bytes_per_step")
+                density = (f", density {case['vgc_density']:.4f}"
+                           if case.get("vgc_density") is not None else "")
                 log(f"   {mode:5s} {rate_label(rate):>10s}: {case['median_step_s'] * 1e3:9.1f} ms/step"
                     f"  {fmt_bytes(wire)}/step on the wire  ({case['steps']} steps, "
-                    f"load {case['loadavg']:.1f})")
+                    f"load {case['loadavg']:.1f}{density})")
             except WorkerFailure as e:
                 case.update(status="failed", error=e.error_line or e.what, failure=e.what)
                 log(f"   {mode:5s} {rate_label(rate):>10s}: FAILED ({e.what}) {e.error_line}")
@@ -454,28 +479,37 @@ def run_mode(topo, model, mode, opts, log):
     return cases
 
 
+def _ratio(a, b):
+    return a / b if a and b else None
+
+
 def summarize(report):
-    floors = {(f["model"], f["workers"]): f for f in report["floors"]}
+    """One row per (model, workers, rate): dense, DGC and VGC side by side."""
+    floors = {(f["model"], f["workers"], f.get("kind", "floor")): f for f in report["floors"]}
     by_key = {(c["model"], c["workers"], c["rate"], c["mode"]): c for c in report["cases"]}
+    keys = list(dict.fromkeys((c["model"], c["workers"], c["rate"]) for c in report["cases"]))
     rows = []
-    for c in report["cases"]:
-        if c["mode"] != "dgc":
-            continue
-        key = (c["model"], c["workers"], c["rate"])
-        dense = by_key.get(key + ("dense",), {})
-        floor = floors.get(key[:2], {})
-        row = {"model": c["model"], "workers": c["workers"], "rate": c["rate"],
-               "dgc_s": c.get("median_step_s"), "dgc_status": c["status"],
+    for key in keys:
+        dense, dgc, vgc = (by_key.get(key + (mode,), {}) for mode in ("dense", "dgc", "vgc"))
+        floor = floors.get(key[:2] + ("floor",), {})
+        vgc_floor = floors.get(key[:2] + ("floor_vgc",), {})
+        row = {"model": key[0], "workers": key[1], "rate": key[2],
+               "dgc_s": dgc.get("median_step_s"), "dgc_status": dgc.get("status"),
+               "vgc_s": vgc.get("median_step_s"), "vgc_status": vgc.get("status"),
                "dense_s": dense.get("median_step_s"), "dense_status": dense.get("status"),
-               "dgc_wire": c.get("wire_bytes_per_step"),
+               "dgc_wire": dgc.get("wire_bytes_per_step"),
+               "vgc_wire": vgc.get("wire_bytes_per_step"),
                "dense_wire": dense.get("wire_bytes_per_step"),
-               "floor_s": floor.get("median_step_s")}
-        row["speedup"] = (row["dense_s"] / row["dgc_s"]
-                          if row["dense_s"] and row["dgc_s"] else None)
-        row["dgc_over_floor"] = (row["dgc_s"] / row["floor_s"]
-                                 if row["dgc_s"] and row["floor_s"] else None)
-        row["wire_ratio"] = (row["dense_wire"] / row["dgc_wire"]
-                             if row["dense_wire"] and row["dgc_wire"] else None)
+               "vgc_density": vgc.get("vgc_density"),
+               "vgc_compression_ratio": vgc.get("vgc_compression_ratio"),
+               "floor_s": floor.get("median_step_s"),
+               "vgc_floor_s": vgc_floor.get("median_step_s")}
+        row["speedup"] = _ratio(row["dense_s"], row["dgc_s"])
+        row["vgc_speedup"] = _ratio(row["dense_s"], row["vgc_s"])
+        row["dgc_over_floor"] = _ratio(row["dgc_s"], row["floor_s"])
+        row["vgc_over_floor"] = _ratio(row["vgc_s"], row["vgc_floor_s"])
+        row["wire_ratio"] = _ratio(row["dense_wire"], row["dgc_wire"])
+        row["vgc_wire_ratio"] = _ratio(row["dense_wire"], row["vgc_wire"])
         rows.append(row)
     return rows
 
@@ -499,29 +533,37 @@ def fmt_ratio(r):
     return "-" if r is None else f"{r:.2f}x"
 
 
-HEADER = ("model", "workers", "link", "dense step", "DGC step", "speedup", "floor",
-          "DGC/floor", "dense wire/step", "DGC wire/step", "wire ratio")
+HEADER = ("model", "workers", "link", "dense step", "DGC step", "VGC step", "speedup",
+          "VGC speedup", "floor", "DGC/floor", "VGC floor", "VGC/floor", "dense wire/step",
+          "DGC wire/step", "VGC wire/step", "wire ratio", "VGC wire ratio", "VGC density")
+
+
+def fmt_density(d):
+    return "-" if d is None else f"{d:.4f}"
 
 
 def format_table(report):
+    """speedup / wire ratio: dense over DGC; VGC speedup / VGC wire ratio: dense over VGC;
+    VGC/floor against VGC's own floor (its micro-batch passes, no communication)."""
     rows, notes = [], []
     cases = {(c["model"], c["workers"], c["rate"], c["mode"]): c for c in report["cases"]}
     for r in report["summary"]:
-        dense = fmt_time(r["dense_s"])
-        dgc = fmt_time(r["dgc_s"])
-        for mode in MODES:
+        steps = {"dense": fmt_time(r["dense_s"]), "dgc": fmt_time(r["dgc_s"]),
+                 "vgc": fmt_time(r.get("vgc_s"))}
+        for mode in ("dense", "dgc", "vgc"):
             c = cases.get((r["model"], r["workers"], r["rate"], mode), {})
             if c.get("status") == "failed":
                 notes.append(f"[{len(notes) + 1}] {mode} {r['model']} {r['workers']}w "
                              f"{rate_label(r['rate'])}: {c.get('failure', '')}: {c['error']}")
-                if mode == "dense":
-                    dense = f"FAILED[{len(notes)}]"
-                else:
-                    dgc = f"FAILED[{len(notes)}]"
-        rows.append((r["model"], str(r["workers"]), rate_label(r["rate"]), dense, dgc,
-                     fmt_ratio(r["speedup"]), fmt_time(r["floor_s"]),
-                     fmt_ratio(r["dgc_over_floor"]), fmt_bytes(r["dense_wire"]),
-                     fmt_bytes(r["dgc_wire"]), fmt_ratio(r["wire_ratio"])))
+                steps[mode] = f"FAILED[{len(notes)}]"
+        rows.append((r["model"], str(r["workers"]), rate_label(r["rate"]), steps["dense"],
+                     steps["dgc"], steps["vgc"], fmt_ratio(r["speedup"]),
+                     fmt_ratio(r.get("vgc_speedup")), fmt_time(r["floor_s"]),
+                     fmt_ratio(r["dgc_over_floor"]), fmt_time(r.get("vgc_floor_s")),
+                     fmt_ratio(r.get("vgc_over_floor")), fmt_bytes(r["dense_wire"]),
+                     fmt_bytes(r["dgc_wire"]), fmt_bytes(r.get("vgc_wire")),
+                     fmt_ratio(r["wire_ratio"]), fmt_ratio(r.get("vgc_wire_ratio")),
+                     fmt_density(r.get("vgc_density"))))
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
               for i, h in enumerate(HEADER)]
     lines = [" | ".join(h.ljust(w) for h, w in zip(HEADER, widths)),
@@ -552,14 +594,16 @@ def plot(report, path):
     if not groups:
         return
     fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
-    floors = {(f["model"], f["workers"]): f.get("median_step_s") for f in report["floors"]}
+    floors = {(f["model"], f["workers"], f.get("kind", "floor")): f.get("median_step_s")
+              for f in report["floors"]}
     for ax, (model, n) in zip(axes[0], groups):
         rates = sorted({c["rate"] for c in report["cases"]
                         if c["model"] == model and c["workers"] == n}, key=rate_bits)
         xs = range(len(rates))
         top = 0.0
-        for mode, color, label in (("dense", "tab:red", "dense SGD"), ("dgc", "tab:blue",
-                                                                       "DGC 99.9%")):
+        for mode, color, label in (("dense", "tab:red", "dense SGD"),
+                                   ("dgc", "tab:blue", "DGC 99.9%"),
+                                   ("vgc", "tab:green", "VGC")):
             ys, failed = [], []
             for x, rate in zip(xs, rates):
                 c = next((c for c in report["cases"] if (c["model"], c["workers"], c["rate"],
@@ -569,6 +613,8 @@ def plot(report, path):
                     top = max(top, c["median_step_s"])
                 else:
                     failed.append(x)
+            if not ys and not failed:
+                continue  # mode not run
             if ys:
                 ax.plot(*zip(*ys), "o-", color=color, label=label)
             for x in failed:
@@ -576,9 +622,12 @@ def plot(report, path):
                             xytext=(0, -12), textcoords="offset points", ha="center",
                             color=color, fontsize=8)
                 ax.axvline(x, color=color, ls=":", lw=1)
-        if floors.get((model, n)):
-            ax.axhline(floors[(model, n)], color="gray", ls="--",
+        if floors.get((model, n, "floor")):
+            ax.axhline(floors[(model, n, "floor")], color="gray", ls="--",
                        label="floor (no communication)")
+        if floors.get((model, n, "floor_vgc")):
+            ax.axhline(floors[(model, n, "floor_vgc")], color="tab:green", ls="--", alpha=0.6,
+                       label="VGC floor (micro-batches, no communication)")
         ax.set_xticks(list(xs), [rate_label(r) for r in rates])
         ax.set_yscale("log")
         ax.set_xlabel("link bandwidth")
@@ -596,18 +645,24 @@ def meta(opts, tag):
             "host": platform.node(), "cpus": os.cpu_count(), "tag": tag,
             "command": " ".join(sys.argv),
             "models": opts.models, "workers": opts.workers, "rates": opts.rates,
+            "modes": opts.modes,
             "batch_per_worker": opts.batch, "compress_ratio": opts.compress_ratio,
+            "vgc": {"alpha": opts.alpha, "zeta": opts.zeta, "groups": opts.vgc_groups},
             "intra_op_threads": {n: opts.threads_for(n) for n in opts.workers},
             "dense_strategy": opts.dense_strategy, "tbf": {"burst": opts.tbf_burst,
                                                            "latency": opts.tbf_latency},
-            "data": "synthetic (random features / random token ids of the right shape); "
-                    "timing and traffic only",
+            "data": "synthetic (random features / random token ids of the right shape, a "
+                    "fresh batch per step and worker); timing and traffic only",
+            "vgc_density": "elements sent / elements of the compressed variables, over all "
+                           "workers and the timed steps (varies per step and worker)",
             "wire_bytes": "sum over workers of tx_bytes of each worker's interface over "
                           "the timed steps, divided by the steps",
             "step_time": "per step the slowest worker's time; median over the timed steps",
             "floor": "same per-worker batch, forward, backward, local keras SGD, no strategy; "
                      "N concurrent processes; mean of the medians measured before and after "
                      "the group's communicating runs",
+            "floor_vgc": "as floor, with VGC's per-worker work: the micro-batch passes and "
+                         "VGCSGD on one local replica (no communication)",
             "loadavg_start": os.getloadavg()[0]}
 
 
@@ -634,7 +689,13 @@ def parse_args(argv=None):
     p.add_argument("--rewarm", type=int, default=2, help="untimed steps after re-shaping")
     p.add_argument("--threads", type=int, default=0,
                    help="intra-op threads per process (0: cpus // workers)")
+    p.add_argument("--modes", type=_csv, default=list(MODES),
+                   help="of dgc,vgc,dense (default all three)")
     p.add_argument("--compress-ratio", type=float, default=0.001)
+    p.add_argument("--alpha", type=float, default=1.0, help="VGC: send where r^2 > alpha s / B")
+    p.add_argument("--zeta", type=float, default=0.999, help="VGC: decay of s")
+    p.add_argument("--vgc-groups", type=int, default=4,
+                   help="VGC: micro-batches per worker batch (variance estimate)")
     p.add_argument("--dense-strategy", choices=("dgc", "tf"), default="dgc",
                    help="dense runs under dgc_tf's strategy (default) or TensorFlow's")
     p.add_argument("--heartbeat-timeout-ms", type=int, default=0,
@@ -649,6 +710,11 @@ def parse_args(argv=None):
     for m in opts.models:
         if m not in DEFAULT_BATCH:
             p.error(f"unknown model {m!r}")
+    for m in opts.modes:
+        if m not in MODES:
+            p.error(f"unknown mode {m!r} (of {', '.join(MODES)})")
+    if not opts.modes:
+        p.error("no --modes")
     for n in opts.workers:
         if workers_invalid(n) or n > 200:
             p.error("worker counts must be between 2 and 200")
@@ -696,8 +762,11 @@ def main(argv=None):
     print(format_table(report))
     print(f"\nHost load average (1 min) at start {report['meta']['loadavg_start']:.1f}, "
           f"at end {os.getloadavg()[0]:.1f}, on {os.cpu_count()} CPUs; per case in the JSON.")
-    print("Data are synthetic (random inputs / token ids of the right shape); "
+    print("Data are synthetic (random inputs / token ids of the right shape, fresh per step); "
           "timing and traffic only. wire/step = sum of the workers' interface tx_bytes per step.")
+    print("speedup, wire ratio: dense over DGC; VGC speedup, VGC wire ratio: dense over VGC; "
+          "VGC/floor against VGC's floor (its micro-batch passes, no communication); "
+          "VGC density: fraction of compressed elements sent over the timed steps.")
     if opts.json_path:
         with open(opts.json_path, "w") as f:
             f.write(to_json(report) + "\n")

@@ -1,4 +1,4 @@
-"""A small ResNet on Fashion-MNIST padded to 32x32: dense momentum SGD next to DGC.
+"""A small ResNet on Fashion-MNIST padded to 32x32: dense momentum SGD next to DGC and VGC.
 
 The CIFAR ResNet of He et al. 2016 (section 4.2) at depth 6n+2: a 3x3 conv with
 16 filters, three stages of n basic blocks (two 3x3 convs, batch norm, ReLU)
@@ -7,10 +7,10 @@ projection shortcut there), global average pooling, a 10-way dense layer.
 `--blocks 1` is ResNet-8 (78k weights), 2 ResNet-14, 3 ResNet-20. The 28x28
 images are zero-padded to 32x32; no augmentation.
 
-Both runs use the same model, seed, data order and schedule: momentum 0.9,
+All runs use the same model, seed, data order and schedule: momentum 0.9,
 learning rate `--learning-rate` (default 0.1 for the global batch of 128),
 divided by 10 at 50% and 75% of the run, decoupled weight decay
-`--weight-decay` (Keras semantics, the same for both optimizers):
+`--weight-decay` (Keras semantics, the same for every optimizer):
 
 * dense: `keras.optimizers.SGD(lr, momentum=0.9)`;
 * DGC: `dgc_tf.keras3.DGCSGD(lr, momentum=0.9, compress_ratio=0.001,
@@ -18,6 +18,18 @@ divided by 10 at 50% and 75% of the run, decoupled weight decay
   masking, 99.9% sparsity after the warm-up. Kernels with fewer than 1,024
   weights (the first conv), biases and batch-norm parameters are exchanged
   densely, as `min_compress_size` says.
+* VGC: `dgc_tf.vgc.VGCSGD(lr, momentum=0.9, alpha=--alpha, zeta=--zeta)`
+  (variance-based compression, Tsuzuku et al. 2018; no warm-up, the count
+  sent varies per step) with `dgc_tf.vgc.use_micro_batch_step(model,
+  --vgc-groups)`: each replica's batch is split into `--vgc-groups` strided
+  micro-batches, one forward/backward each, for the estimate of the mean
+  squared per-example gradient. **BatchNorm caveat:** in the VGC run the
+  batch-norm layers normalise with micro-batch statistics (like ghost batch
+  norm: 64 / 4 = 16 images per micro-batch at the defaults on 2 replicas) and
+  update their moving statistics once per micro-batch, so VGC's model does
+  not train exactly the function the dense and DGC runs train.
+
+`--optimizer both` runs dense and DGC, `all` dense, DGC and VGC.
 
 Two real local workers:
 
@@ -47,7 +59,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--max-steps-per-epoch", type=int, default=None)
-    parser.add_argument("--optimizer", choices=["dense", "dgc", "both"], default="both")
+    parser.add_argument("--optimizer", choices=["dense", "dgc", "vgc", "both", "all"],
+                        default="both", help="both: dense and dgc; all: dense, dgc and vgc")
     parser.add_argument("--json", help="write the results here (chief only)")
     parser.add_argument("--train-size", type=int, default=None, help="first N training images")
     parser.add_argument("--test-size", type=int, default=None, help="first N test images")
@@ -58,6 +71,11 @@ def parse_args(argv=None):
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--compress-ratio", type=float, default=0.001)
     parser.add_argument("--warmup-epochs", type=float, default=1.0)
+    parser.add_argument("--alpha", type=float, default=1.0,
+                        help="VGC: send where r^2 > alpha * s / B")
+    parser.add_argument("--zeta", type=float, default=0.999, help="VGC: decay of s")
+    parser.add_argument("--vgc-groups", type=int, default=4,
+                        help="VGC: micro-batches per replica batch for the variance estimate")
     parser.add_argument("--replicas", type=int, default=2,
                         help="replicas of the single-process MirroredStrategy")
     parser.add_argument("--seed", type=int, default=0)
@@ -98,6 +116,7 @@ def train(name, strategy, data, args):
     import keras
 
     import dgc_tf.keras3
+    import dgc_tf.vgc
 
     (x_train, y_train), (x_test, y_test) = data
     full_epoch = -(-len(x_train) // args.batch_size)
@@ -115,12 +134,19 @@ def train(name, strategy, data, args):
         if name == "dense":
             optimizer = keras.optimizers.SGD(lr, momentum=args.momentum,
                                              weight_decay=args.weight_decay or None)
+        elif name == "vgc":
+            optimizer = dgc_tf.vgc.VGCSGD(
+                learning_rate=lr, momentum=args.momentum, alpha=args.alpha, zeta=args.zeta,
+                weight_decay=args.weight_decay or None)
         else:
             optimizer = dgc_tf.keras3.DGCSGD(
                 learning_rate=lr, momentum=args.momentum, compress_ratio=args.compress_ratio,
                 warmup_steps=warmup_steps, weight_decay=args.weight_decay or None)
         model.compile(optimizer=optimizer, jit_compile=False, metrics=["accuracy"],
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    if name == "vgc":
+        # Micro-batch forward/backward passes (BatchNorm sees micro-batch statistics).
+        dgc_tf.vgc.use_micro_batch_step(model, args.vgc_groups)
 
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
@@ -141,8 +167,10 @@ def train(name, strategy, data, args):
                    "train_accuracy": float(logs.get("accuracy", float("nan"))),
                    "test_accuracy": float(logs.get("val_accuracy", float("nan")))}
             if hasattr(optimizer, "compression_stats"):
-                row["compression_ratio_so_far"] = optimizer.compression_stats()[
-                    "compression_ratio"]
+                stats = optimizer.compression_stats()
+                row["compression_ratio_so_far"] = stats["compression_ratio"]
+                if "density" in stats:
+                    row["density_so_far"] = stats["density"]
             history.append(row)
 
     class StepDecay(keras.callbacks.Callback):
@@ -160,25 +188,53 @@ def train(name, strategy, data, args):
                 optimizer.learning_rate = value
                 self.current = value
 
+    class StepTimer(keras.callbacks.Callback):
+        """Time between successive batch starts within an epoch (StepDecay reads
+        `optimizer.iterations` at every batch start, which waits for the previous step)."""
+
+        def __init__(self):
+            super().__init__()
+            self.last, self.intervals = None, []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.last = None
+
+        def on_train_batch_begin(self, batch, logs=None):
+            now = time.perf_counter()
+            if self.last is not None:
+                self.intervals.append(now - self.last)
+            self.last = now
+
+    timer = StepTimer()
     start = time.perf_counter()
     model.fit(train_data.with_options(options), epochs=args.epochs,
               steps_per_epoch=steps_per_epoch if args.max_steps_per_epoch else None,
               validation_data=test_data.with_options(options), shuffle=False,
-              callbacks=[StepDecay(), Record()], verbose=2 if is_chief() else 0)
+              callbacks=[StepDecay(), timer, Record()], verbose=2 if is_chief() else 0)
     seconds = time.perf_counter() - start
     _, accuracy = model.evaluate(test_data.with_options(options), verbose=0)
     steps = int(optimizer.iterations.numpy())
     result = {"optimizer": name, "test_accuracy": float(accuracy), "train_seconds": seconds,
+              "median_step_seconds": (float(np.median(timer.intervals)) if timer.intervals
+                                      else None),
               "steps": steps, "steps_per_epoch": steps_per_epoch,
               "parameters": int(model.count_params()), "history": history}
-    if name == "dgc":
+    if name in ("dgc", "vgc"):
         stats = optimizer.compression_stats()
         result.update(
-            warmup_steps=warmup_steps,
             compression_ratio=stats["compression_ratio"],
             compression_ratio_last_step=stats["dense_bytes"] / steps / stats["last_bytes_sent"],
             bytes_sent_per_step=stats["bytes_sent"] / steps,
             dense_bytes_per_step=stats["dense_bytes"] / steps)
+        if name == "dgc":
+            result.update(warmup_steps=warmup_steps)
+        else:
+            # Fraction of the compressed variables' elements sent, over replicas and steps.
+            result.update(density=stats["density"], sent_elements=stats["sent_elements"],
+                          alpha=args.alpha, zeta=args.zeta, vgc_groups=args.vgc_groups,
+                          skipped_steps=stats["skipped_steps"],
+                          note="VGC: BatchNorm normalises with micro-batch statistics "
+                               f"({args.vgc_groups} micro-batches per replica batch)")
     return result
 
 
@@ -197,21 +253,30 @@ def main(argv=None):
         f"{args.batch_size}, selection op: "
         f"{'compiled' if dgc_tf.ops.using_custom_op() else 'pure-TF fallback'}", flush=True)
 
-    names = ["dense", "dgc"] if args.optimizer == "both" else [args.optimizer]
+    names = {"both": ["dense", "dgc"], "all": ["dense", "dgc", "vgc"]}.get(
+        args.optimizer, [args.optimizer])
     results = [train(name, strategy, data, args) for name in names]
     if not is_chief():
         return results
     print()
-    print(f"{'optimizer':<10} {'test acc':>9} {'train s':>9} {'bytes/step':>11} "
-          f"{'compression':>12}")
+    print(f"{'optimizer':<10} {'test acc':>9} {'train s':>9} {'ms/step':>8} {'bytes/step':>11} "
+          f"{'compression':>12} {'density':>8}")
     for r in results:
         ratio = r.get("compression_ratio")
         sent = r.get("bytes_sent_per_step")
+        density = r.get("density")
         print(f"{r['optimizer']:<10} {r['test_accuracy']:>9.4f} {r['train_seconds']:>9.1f} "
+              f"{1000 * (r['median_step_seconds'] or float('nan')):>8.0f} "
               f"{sent if sent is not None else float('nan'):>11.0f} "
-              + (f"{ratio:>11.1f}x" if ratio else f"{'1.0x':>12}"))
+              + (f"{ratio:>11.1f}x" if ratio else f"{'1.0x':>12}")
+              + (f" {density:>8.4f}" if density is not None else f" {'-':>8}"))
+    if "vgc" in names:
+        print(f"(VGC: batch norm uses micro-batch statistics, {args.vgc_groups} micro-batches "
+              "per replica batch)")
+    print("(train s: model.fit including the per-epoch evaluation; ms/step: median time "
+          "between batch starts)")
     print("RESULT_JSON " + json.dumps(
-        {r["optimizer"]: {k: r.get(k) for k in ("test_accuracy", "compression_ratio")}
+        {r["optimizer"]: {k: r.get(k) for k in ("test_accuracy", "compression_ratio", "density")}
          for r in results}))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

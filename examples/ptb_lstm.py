@@ -1,4 +1,4 @@
-"""Word-level LSTM language model on Penn Treebank: dense SGD next to DGC.
+"""Word-level LSTM language model on Penn Treebank: dense SGD next to DGC and VGC.
 
 The small configuration of Zaremba, Sutskever & Vinyals 2014 ("Recurrent
 Neural Network Regularization"; test perplexity 114.5): 2 LSTM layers of 200
@@ -15,7 +15,8 @@ and carries its final (h, c) into its next batch; the state is reset to zero
 at the start of every epoch and of every evaluation. The global batch stays
 20 whatever the number of workers, so the schedule is the paper's.
 
-Two runs, same model, seed, data and schedule:
+Up to three runs, same model, seed, data and schedule (`--optimizer both`:
+dense and DGC; `all`: dense, DGC and VGC):
 
 * dense: `keras.optimizers.SGD(lr)`. The gradient is summed over the replicas
   first and clipped to global norm 5 after that, as one process would do it.
@@ -30,6 +31,17 @@ Two runs, same model, seed, data and schedule:
   clipping. Momentum 0 because Zaremba's schedule is plain SGD with lr 1.0;
   DGC with momentum 0 is still DGC (residual accumulation and top-k), and the
   two runs then differ only in the gradient exchange.
+* VGC: `dgc_tf.vgc.VGCSGD(lr, momentum=0, alpha=--alpha, zeta=--zeta,
+  local_clipnorm=5)` (variance-based compression, Tsuzuku et al. 2018; no
+  warm-up; the count sent varies per step). Each replica splits its rows into
+  `--vgc-groups` strided groups (rows j, j+m, ...), each group with its own
+  rows of the carried (h, c) state, and runs one forward/backward per group;
+  group j's loss is its summed loss over `batch_size * n_j / rows`, so every
+  group's gradient is a mean in the replicas' common scale. The groups' new
+  states are put back in the original row order, and
+  `dgc_tf.vgc.micro_batch_moments` turns the group gradients into the
+  minibatch gradient (exact) and the estimate of the mean squared per-row
+  gradient that VGC's test `r^2 > alpha * s / B` needs (B = rows per replica).
 
 Validation perplexity after every epoch, test perplexity at the end (batch 20,
 20 steps, state carried across the whole split; the paper evaluates with
@@ -69,7 +81,8 @@ def parse_args(argv=None):
                         help="shorten every epoch to this many batches")
     parser.add_argument("--max-eval-steps", type=int, default=None,
                         help="evaluate on only this many batches of valid/test (tests)")
-    parser.add_argument("--optimizer", choices=["dense", "dgc", "both"], default="both")
+    parser.add_argument("--optimizer", choices=["dense", "dgc", "vgc", "both", "all"],
+                        default="both", help="both: dense and dgc; all: dense, dgc and vgc")
     parser.add_argument("--json", help="write the results here (chief only)")
     parser.add_argument("--batch-size", type=int, default=20, help="global batch size")
     parser.add_argument("--num-steps", type=int, default=20, help="unrolled steps")
@@ -81,9 +94,14 @@ def parse_args(argv=None):
     parser.add_argument("--decay-after", type=int, default=4,
                         help="epochs at the full learning rate")
     parser.add_argument("--clipnorm", type=float, default=5.0)
-    parser.add_argument("--momentum", type=float, default=0.0, help="DGC momentum")
+    parser.add_argument("--momentum", type=float, default=0.0, help="DGC and VGC momentum")
     parser.add_argument("--compress-ratio", type=float, default=0.001)
     parser.add_argument("--warmup-epochs", type=float, default=1.0)
+    parser.add_argument("--alpha", type=float, default=1.0,
+                        help="VGC: send where r^2 > alpha * s / B")
+    parser.add_argument("--zeta", type=float, default=0.999, help="VGC: decay of s")
+    parser.add_argument("--vgc-groups", type=int, default=4,
+                        help="VGC: groups of rows per replica for the variance estimate")
     parser.add_argument("--replicas", type=int, default=2,
                         help="replicas of the single-process MirroredStrategy")
     parser.add_argument("--seed", type=int, default=0)
@@ -117,6 +135,8 @@ def train(name, strategy, data, args):
     import keras
 
     import dgc_tf.keras3
+    import dgc_tf.vgc
+    from dgc_tf import engine
 
     train_ids, valid_ids, test_ids, vocab = data
     from dgc_tf import ptb
@@ -125,6 +145,10 @@ def train(name, strategy, data, args):
     if args.batch_size % n:
         raise SystemExit(f"--batch-size {args.batch_size} is not a multiple of {n} replicas")
     rows = args.batch_size // n
+    groups = args.vgc_groups
+    if name == "vgc" and not 2 <= groups <= rows:
+        raise SystemExit(f"--vgc-groups {groups} must be between 2 and the {rows} rows per "
+                         "replica")
     x_all, y_all = ptb.epoch_batches(train_ids, args.batch_size, args.num_steps)
     full_epoch = len(x_all)
     steps_per_epoch = min(args.max_steps_per_epoch or full_epoch, full_epoch)
@@ -147,6 +171,10 @@ def train(name, strategy, data, args):
         lr = learning_rate_at(0, args)
         if name == "dense":
             optimizer = keras.optimizers.SGD(lr)
+        elif name == "vgc":
+            optimizer = dgc_tf.vgc.VGCSGD(
+                learning_rate=lr, momentum=args.momentum, alpha=args.alpha, zeta=args.zeta,
+                local_clipnorm=args.clipnorm)
         else:
             optimizer = dgc_tf.keras3.DGCSGD(
                 learning_rate=lr, momentum=args.momentum, compress_ratio=args.compress_ratio,
@@ -155,8 +183,38 @@ def train(name, strategy, data, args):
     variables = model.trainable_variables
     zeros = lambda batch: [tf.zeros((batch, args.hidden)) for _ in range(2 * args.layers)]
 
+    def vgc_replica_step(x, y, states):
+        # Strided groups of rows, each with its own rows of the carried state.
+        group_grads, sizes, group_states, loss_sum = [], [], [], 0.0
+        for j in range(groups):
+            xj, yj = x[j::groups], y[j::groups]
+            n_j = tf.shape(xj)[0]
+            with tf.GradientTape() as tape:
+                logits, *new_states = model([xj] + [s[j::groups] for s in states],
+                                            training=True)
+                token_losses = keras.losses.sparse_categorical_crossentropy(
+                    yj, logits, from_logits=True)
+                summed = tf.reduce_sum(token_losses)
+                # A mean over the group's rows, in the scale of the other runs' loss
+                # (summed over steps, divided by the global batch): sum / (B_global n_j / rows).
+                loss = summed / (args.batch_size * tf.cast(n_j, summed.dtype) / rows)
+            grads = tape.gradient(loss, variables)
+            group_grads.append([engine.densify(g, v) for g, v in zip(grads, variables)])
+            sizes.append(n_j)
+            group_states.append(new_states)
+            loss_sum += summed
+        # Back to the original row order: group j holds rows j, j + m, ...
+        positions = [tf.range(j, rows, groups) for j in range(groups)]
+        new_states = [tf.ensure_shape(tf.dynamic_stitch(positions, [g[k] for g in group_states]),
+                                      states[k].shape) for k in range(len(states))]
+        grads, sq, batch = dgc_tf.vgc.micro_batch_moments(group_grads, sizes)
+        optimizer.apply_gradients(zip(grads, variables), grad_sq_means=sq, batch_size=batch)
+        return loss_sum, new_states
+
     def replica_step(index, x_epoch, y_epoch, states):
         x, y = tf.gather(x_epoch, index), tf.gather(y_epoch, index)
+        if name == "vgc":
+            return vgc_replica_step(x, y, states)
         with tf.GradientTape() as tape:
             logits, *new_states = model([x] + list(states), training=True)
             token_losses = keras.losses.sparse_categorical_crossentropy(
@@ -218,6 +276,11 @@ def train(name, strategy, data, args):
             record["density_end"] = optimizer.current_density()
             record["compression_ratio_so_far"] = optimizer.compression_stats()[
                 "compression_ratio"]
+        elif name == "vgc":
+            # VGC: the fraction of compressed elements sent so far (all replicas, steps).
+            record["density_so_far"] = optimizer.current_density()
+            record["compression_ratio_so_far"] = optimizer.compression_stats()[
+                "compression_ratio"]
         history.append(record)
         log(f"[{name}] epoch {epoch + 1}/{args.epochs} lr {lr_now:g}: train ppl "
             f"{train_ppl:.2f}, valid ppl {valid_ppl:.2f} ({seconds:.1f} s, "
@@ -229,19 +292,26 @@ def train(name, strategy, data, args):
         "full_epoch_steps": full_epoch,
         "steps": int(optimizer.iterations.numpy()),
         "train_seconds": train_seconds,
+        "seconds_per_step": sum(h["train_seconds"] for h in history) / (
+            steps_per_epoch * args.epochs),
         "valid_perplexity": history[-1]["valid_perplexity"],
         "test_perplexity": perplexity(test_ids),
         "history": history,
     }
-    if name == "dgc":
+    if name in ("dgc", "vgc"):
         stats = optimizer.compression_stats()
         steps = result["steps"]
         result.update(
-            warmup_steps=warmup_steps,
             compression_ratio=stats["compression_ratio"],
             compression_ratio_last_step=stats["dense_bytes"] / steps / stats["last_bytes_sent"],
             bytes_sent_per_step=stats["bytes_sent"] / steps,
             dense_bytes_per_step=stats["dense_bytes"] / steps)
+        if name == "dgc":
+            result.update(warmup_steps=warmup_steps)
+        else:
+            result.update(density=stats["density"], sent_elements=stats["sent_elements"],
+                          skipped_steps=stats["skipped_steps"], alpha=args.alpha,
+                          zeta=args.zeta, vgc_groups=groups)
     log(f"[{name}] test ppl {result['test_perplexity']:.2f}", flush=True)
     return result
 
@@ -260,25 +330,30 @@ def main(argv=None):
         + f", batch {args.batch_size}x{args.num_steps}, selection op: "
         f"{'compiled' if dgc_tf.ops.using_custom_op() else 'pure-TF fallback'}", flush=True)
 
-    names = ["dense", "dgc"] if args.optimizer == "both" else [args.optimizer]
+    names = {"both": ["dense", "dgc"], "all": ["dense", "dgc", "vgc"]}.get(
+        args.optimizer, [args.optimizer])
     results = [train(name, strategy, data, args) for name in names]
 
     if not is_chief():
         return results
     print()
     print(f"{'optimizer':<10} {'valid ppl':>10} {'test ppl':>10} {'train s':>9} "
-          f"{'compression':>12}")
+          f"{'ms/step':>8} {'compression':>12} {'density':>8}")
     for r in results:
         ratio = r.get("compression_ratio")
+        density = r.get("density")
         print(f"{r['optimizer']:<10} {r['valid_perplexity']:>10.2f} "
               f"{r['test_perplexity']:>10.2f} {r['train_seconds']:>9.1f} "
-              + (f"{ratio:>11.1f}x" if ratio else f"{'1.0x':>12}"))
+              f"{1000 * r['seconds_per_step']:>8.0f} "
+              + (f"{ratio:>11.1f}x" if ratio else f"{'1.0x':>12}")
+              + (f" {density:>8.4f}" if density is not None else f" {'-':>8}"))
     summary = {"args": vars(args), "replicas": strategy.num_replicas_in_sync,
                "workers": int(os.environ.get("DGC_TF_NUM_WORKERS", "1")),
                "paper_test_perplexity": 114.5, "results": results}
     print("RESULT_JSON " + json.dumps(
         {r["optimizer"]: {k: r.get(k) for k in ("valid_perplexity", "test_perplexity",
-                                                 "compression_ratio")} for r in results}))
+                                                 "compression_ratio", "density")}
+         for r in results}))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

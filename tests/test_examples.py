@@ -1,5 +1,6 @@
 """The convergence examples: the PTB loader on the real data, its batching layout,
-and both example scripts end to end (single process, tiny settings, subprocesses)."""
+and both example scripts end to end (single process, tiny settings, subprocesses;
+`--optimizer all`: dense, DGC and VGC in one process each)."""
 
 import json
 import math
@@ -91,10 +92,10 @@ def test_batching_rejects_too_little_data():
 
 EXAMPLE_ARGS = {
     "ptb_lstm.py": ["--epochs", "1", "--max-steps-per-epoch", "3", "--max-eval-steps", "2",
-                    "--hidden", "16"],
+                    "--hidden", "16", "--optimizer", "all"],
     "fashion_mnist_resnet.py": ["--epochs", "1", "--max-steps-per-epoch", "2",
                                 "--train-size", "256", "--test-size", "128",
-                                "--batch-size", "64"],
+                                "--batch-size", "64", "--optimizer", "all"],
 }
 
 
@@ -131,10 +132,10 @@ def run_example(runs, script):
 
 def test_ptb_lstm_runs_end_to_end(example_runs):
     printed, written = run_example(example_runs, "ptb_lstm.py")
-    assert set(printed) == {"dense", "dgc"}
+    assert set(printed) == {"dense", "dgc", "vgc"}
     assert written["replicas"] == 2 and written["args"]["max_steps_per_epoch"] == 3
     by_name = {r["optimizer"]: r for r in written["results"]}
-    for name in ("dense", "dgc"):
+    for name in ("dense", "dgc", "vgc"):
         r = by_name[name]
         assert r["steps"] == 3 and len(r["history"]) == 1
         for key in ("valid_perplexity", "test_perplexity"):
@@ -143,14 +144,22 @@ def test_ptb_lstm_runs_end_to_end(example_runs):
     # The warm-up density (25%) already compresses the big matrices.
     assert by_name["dgc"]["compression_ratio"] > 1.5
     assert printed["dense"]["compression_ratio"] is None
+    vgc = by_name["vgc"]
+    assert 0 < vgc["density"] <= 1 and vgc["density"] == pytest.approx(printed["vgc"]["density"])
+    assert vgc["compression_ratio"] > 0 and vgc["skipped_steps"] == 0
+    assert vgc["vgc_groups"] == 4 and 0 < vgc["history"][0]["density_so_far"] <= 1
 
 
 def test_fashion_mnist_resnet_runs_end_to_end(example_runs):
     printed, written = run_example(example_runs, "fashion_mnist_resnet.py")
-    assert set(printed) == {"dense", "dgc"}
+    assert set(printed) == {"dense", "dgc", "vgc"}
     by_name = {r["optimizer"]: r for r in written["results"]}
-    for name in ("dense", "dgc"):
+    for name in ("dense", "dgc", "vgc"):
         assert by_name[name]["steps"] == 2
         assert 0.0 <= by_name[name]["test_accuracy"] <= 1.0
         assert by_name[name]["test_accuracy"] == pytest.approx(printed[name]["test_accuracy"])
     assert by_name["dgc"]["compression_ratio"] > 1.5
+    vgc = by_name["vgc"]
+    assert 0 < vgc["density"] <= 1 and vgc["density"] == pytest.approx(printed["vgc"]["density"])
+    assert vgc["compression_ratio"] > 0 and vgc["skipped_steps"] == 0
+    assert "micro-batch" in vgc["note"] and vgc["median_step_seconds"] > 0

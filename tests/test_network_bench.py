@@ -154,7 +154,76 @@ def test_summarize_results_takes_the_slowest_worker_per_step():
     assert out["wire_bytes_per_step"] == 300 and out["wire_bytes_per_step_per_worker"] == [100, 200]
 
 
+def _report_with_vgc():
+    report = _report()
+    report["floors"].append({"model": "mlp", "workers": 2, "kind": "floor_vgc", "status": "ok",
+                             "median_step_s": 0.4})
+    report["cases"] += [
+        dict(model="mlp", workers=2, mode="vgc", rate="1gbit", rate_bits=1e9, status="ok",
+             median_step_s=0.5, wire_bytes_per_step=20_200_000.0, vgc_density=0.0421,
+             vgc_compression_ratio=11.9),
+        dict(model="mlp", workers=2, mode="vgc", rate="100mbit", rate_bits=1e8,
+             status="failed", failure="timeout", error="[worker 0] DeadlineExceeded"),
+    ]
+    report["summary"] = nb.summarize(report)
+    return report
+
+
+def test_summary_table_with_vgc_column():
+    report = _report_with_vgc()
+    rows = {r["rate"]: r for r in report["summary"]}
+    assert len(report["summary"]) == 2  # one row per rate, dense / DGC / VGC side by side
+    one = rows["1gbit"]
+    assert one["speedup"] == pytest.approx(4.0)  # DGC's numbers are unchanged
+    assert one["vgc_speedup"] == pytest.approx(2.0)
+    assert one["vgc_over_floor"] == pytest.approx(0.5 / 0.4)  # against VGC's own floor
+    assert one["vgc_wire_ratio"] == pytest.approx(10.0)
+    assert one["vgc_density"] == pytest.approx(0.0421)
+    assert rows["100mbit"]["vgc_status"] == "failed" and rows["100mbit"]["vgc_s"] is None
+
+    lines = nb.format_table(report).splitlines()
+    header = [h.strip() for h in lines[0].split(" | ")]
+    assert header[3:6] == ["dense step", "DGC step", "VGC step"]
+    assert "VGC density" in header and "VGC/floor" in header
+    assert len({len(line) for line in lines[:4]}) == 1
+    cells = [c.strip() for c in lines[2].split(" | ")]
+    assert cells[header.index("VGC step")] == "500.0 ms"
+    assert cells[header.index("VGC speedup")] == "2.00x"
+    assert cells[header.index("VGC floor")] == "400.0 ms"
+    assert cells[header.index("VGC wire/step")] == "20.20 MB"
+    assert cells[header.index("VGC wire ratio")] == "10.00x"
+    assert cells[header.index("VGC density")] == "0.0421"
+    failed = [c.strip() for c in lines[3].split(" | ")]
+    assert failed[header.index("dense step")] == "FAILED[1]"
+    assert failed[header.index("VGC step")] == "FAILED[2]"
+    assert lines[5].startswith("[2] vgc mlp 2w 100 Mbit/s") and "DeadlineExceeded" in lines[5]
+    back = json.loads(nb.to_json(report))
+    assert back["summary"][0]["vgc_density"] == pytest.approx(0.0421)
+
+
+def test_summarize_results_of_vgc_workers():
+    common = {"vgc_density": 0.05, "vgc_density_cumulative": 0.06, "vgc_skipped_steps": 0,
+              "vgc_dense_bytes_per_step_per_worker": 1000.0}
+    results = [dict(step_times=[1.0], tx_bytes=100, vgc_payload_bytes_per_step_per_worker=100.0,
+                    **common),
+               dict(step_times=[1.0], tx_bytes=120, vgc_payload_bytes_per_step_per_worker=150.0,
+                    **common)]
+    out = nb.summarize_results(results)
+    assert out["vgc_density"] == 0.05
+    assert out["vgc_payload_bytes_per_step_per_worker"] == [100.0, 150.0]
+    assert out["vgc_compression_ratio"] == pytest.approx(2000.0 / 250.0)
+
+
+def test_modes_option():
+    assert nb.parse_args([]).modes == ["dgc", "vgc", "dense"]
+    assert nb.parse_args(["--modes", "vgc"]).modes == ["vgc"]
+    with pytest.raises(SystemExit):
+        nb.parse_args(["--modes", "vgc,topk"])
+
+
 def test_plot(tmp_path):
     pytest.importorskip("matplotlib")
     nb.plot(_report(), tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 1000
+    nb.plot(_report_with_vgc(), tmp_path / "q.png")
+    assert (tmp_path / "q.png").stat().st_size > 1000

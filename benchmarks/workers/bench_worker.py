@@ -14,10 +14,19 @@ serves every bandwidth of a case. All workers get the same commands, hence run
 the same number of steps (collectives must match).
 
 Modes:
-  dgc    dgc_tf.distribute.MultiWorkerMirroredStrategy + dgc_tf.keras3.DGCSGD
-  dense  the same strategy (or TensorFlow's, --dense-strategy tf) + keras.optimizers.SGD
-  floor  no strategy, no communication: the same per-worker batch, forward,
-         backward and a plain local keras.optimizers.SGD step
+  dgc        dgc_tf.distribute.MultiWorkerMirroredStrategy + dgc_tf.keras3.DGCSGD
+  vgc        the same strategy + dgc_tf.vgc.VGCSGD (alpha, zeta), gradients and the
+             squared-gradient estimate from --vgc-groups strided micro-batches
+             (dgc_tf.vgc.micro_batch_gradients: one forward/backward each)
+  dense      the same strategy (or TensorFlow's, --dense-strategy tf) + keras.optimizers.SGD
+  floor      no strategy, no communication: the same per-worker batch, forward,
+             backward and a plain local keras.optimizers.SGD step
+  floor_vgc  no strategy, no communication: VGC's per-worker work (the micro-batch
+             passes and VGCSGD's selection on one local replica)
+
+Every step trains on a fresh synthetic batch (stateless random numbers seeded by
+the step and the worker's index), so VGC's data-dependent counts are not those
+of one batch seen over and over.
 
 Bytes on the wire: ``tx_bytes`` of this worker's interface, read from
 /sys/class/net/DEV/statistics/tx_bytes right before the first and right after
@@ -39,12 +48,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def parse_args(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--model", choices=("mlp", "lstm"), required=True)
-    p.add_argument("--mode", choices=("dgc", "dense", "floor"), required=True)
+    p.add_argument("--mode", choices=("dgc", "vgc", "dense", "floor", "floor_vgc"),
+                   required=True)
     p.add_argument("--batch", type=int, required=True, help="per-worker batch")
     p.add_argument("--workers", type=int, required=True)
     p.add_argument("--dev", default=None, help="network interface to count bytes on")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: TF default)")
     p.add_argument("--compress-ratio", type=float, default=0.001)
+    p.add_argument("--alpha", type=float, default=1.0, help="VGC's alpha")
+    p.add_argument("--zeta", type=float, default=0.999, help="VGC's zeta")
+    p.add_argument("--vgc-groups", type=int, default=4, help="VGC's micro-batches per step")
     p.add_argument("--dense-strategy", choices=("dgc", "tf"), default="dgc")
     p.add_argument("--heartbeat-timeout-ms", type=int, default=0,
                    help="coordination-service heartbeat timeout (0: TensorFlow's default)")
@@ -65,6 +78,27 @@ def read_tx(dev):
         return int(f.read())
 
 
+def vgc_window_stats(optimizer, variables, before, after, steps, replicas):
+    """VGC's counts over the timed steps only (the optimizer's counters are cumulative).
+
+    density: elements sent / elements of the compressed variables, over all
+    replicas and the timed steps (VGC's count varies per step and replica);
+    payload bytes: what this worker handed to the collectives per step (the
+    size table and the padding included), and the dense equivalent.
+    """
+    compressible = replicas * sum(v.shape.num_elements() for v in variables
+                                  if optimizer.vgc_config.is_compressed(v.shape))
+    sent = after["sent_elements"] - before["sent_elements"]
+    handed = (after["bytes_sent"] - before["bytes_sent"]) / steps
+    dense = (after["dense_bytes"] - before["dense_bytes"]) / steps
+    return {"vgc_density": sent / (compressible * steps) if compressible else None,
+            "vgc_payload_bytes_per_step_per_worker": handed,
+            "vgc_dense_bytes_per_step_per_worker": dense,
+            "vgc_compression_ratio": dense / handed if handed else None,
+            "vgc_density_cumulative": after["density"],
+            "vgc_skipped_steps": after["skipped_steps"] - before["skipped_steps"]}
+
+
 def main(argv=None):
     args = parse_args(argv)
 
@@ -73,7 +107,8 @@ def main(argv=None):
     if args.threads > 0:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
 
-    if args.mode == "floor":
+    local = args.mode.startswith("floor")
+    if local:
         strategy = tf.distribute.get_strategy()
     else:
         if args.heartbeat_timeout_ms > 0:
@@ -120,36 +155,62 @@ def main(argv=None):
             optimizer = dgc_tf.keras3.DGCSGD(learning_rate=0.01, momentum=0.9,
                                              compress_ratio=args.compress_ratio,
                                              warmup_steps=0)
+        elif args.mode in ("vgc", "floor_vgc"):
+            import dgc_tf.vgc
+            optimizer = dgc_tf.vgc.VGCSGD(learning_rate=0.01, momentum=0.9, alpha=args.alpha,
+                                          zeta=args.zeta)
         else:
             optimizer = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9)
         optimizer.build(model.trainable_variables)
 
-    if args.model == "mlp":
-        x = tf.random.stateless_normal((b, 1024), seed=(args.seed, 1))
-        y = tf.random.stateless_uniform((b,), seed=(args.seed, 2), maxval=10, dtype=tf.int32)
-        scale = float(b * args.workers)
-    else:
-        x = tf.random.stateless_uniform((b, seq), seed=(args.seed, 1), maxval=10000,
-                                        dtype=tf.int32)
-        y = tf.random.stateless_uniform((b, seq), seed=(args.seed, 2), maxval=10000,
-                                        dtype=tf.int32)
-        scale = float(b * seq * args.workers)
+    index = 0 if local else json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+
+    def batch(step):
+        """A fresh synthetic batch per step and worker."""
+        seed = tf.stack([tf.constant(args.seed * 1000 + index, tf.int64), step])
+        if args.model == "mlp":
+            x = tf.random.stateless_normal((b, 1024), seed=seed)
+            y = tf.random.stateless_uniform((b,), seed=seed + 1, maxval=10, dtype=tf.int32)
+        else:
+            x = tf.random.stateless_uniform((b, seq), seed=seed, maxval=10000, dtype=tf.int32)
+            y = tf.random.stateless_uniform((b, seq), seed=seed + 1, maxval=10000,
+                                            dtype=tf.int32)
+        return x, y
+
+    # Every loss is the mean over this worker's examples (and tokens) over the worker
+    # count, i.e. its share of the global mean.
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
     variables = model.trainable_variables
+    vgc = args.mode in ("vgc", "floor_vgc")
+
+    def mean_loss(part):
+        features, labels = part
+        return tf.reduce_mean(loss_fn(labels, model(features, training=True))) / args.workers
 
     @tf.function
-    def train_step(features, labels):
-        def step(features, labels):
+    def train_step(step_number):
+        def step(step_number):
+            features, labels = batch(step_number)
+            if vgc:
+                grads, sq, size = dgc_tf.vgc.micro_batch_gradients(
+                    mean_loss, variables, (features, labels), args.vgc_groups)
+                optimizer.apply_gradients(zip(grads, variables), grad_sq_means=sq,
+                                          batch_size=size)
+                # Any output: the function returns after all its stateful ops ran.
+                return tf.reduce_sum(grads[-1])
             with tf.GradientTape() as tape:
-                loss = tf.reduce_sum(loss_fn(labels, model(features, training=True))) / scale
+                loss = mean_loss((features, labels))
             grads = tape.gradient(loss, variables)
             optimizer.apply_gradients(zip(grads, variables))
             return loss
-        return strategy.run(step, args=(features, labels))
+        return strategy.run(step, args=(step_number,))
+
+    counter = [0]
 
     def one_step():
         t0 = time.perf_counter()
-        out = train_step(x, y)
+        out = train_step(tf.constant(counter[0], tf.int64))
+        counter[0] += 1
         float(strategy.experimental_local_results(out)[0])
         return time.perf_counter() - t0
 
@@ -167,6 +228,7 @@ def main(argv=None):
                 last = one_step()
             say("WARMED", {"last_step_s": last})
         elif cmd[0] == "TIME":
+            stats0 = optimizer.compression_stats() if vgc else None
             tx0 = read_tx(args.dev)
             times = [one_step() for _ in range(int(cmd[1]))]
             tx1 = read_tx(args.dev)
@@ -176,6 +238,10 @@ def main(argv=None):
                 stats = optimizer.compression_stats()
                 result["dgc_last_bytes_sent"] = float(stats["last_bytes_sent"])
                 result["dgc_compression_ratio"] = float(stats["compression_ratio"])
+            if vgc:
+                result.update(vgc_window_stats(optimizer, variables, stats0,
+                                               optimizer.compression_stats(), len(times),
+                                               strategy.num_replicas_in_sync))
             say("RESULT", result)
         else:
             raise ValueError(f"unknown command {line!r}")
