@@ -20,7 +20,6 @@ import math
 import tensorflow as tf
 
 from dgc_tf.ops import sampled_topk
-from dgc_tf.ops.topk import index_dtype_for
 
 # The paper's exponential warm-up: sparsity 75%, 93.75%, 98.4375%, 99.6%.
 WARMUP_DENSITIES = (0.25, 0.0625, 0.015625, 0.00390625)

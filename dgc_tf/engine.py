@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from dgc_tf import compression
 from dgc_tf.distribute.payload import CompressedGradient, handed_bytes
+from dgc_tf.ops.topk import index_dtype_for
 
 
 @dataclasses.dataclass
@@ -151,7 +152,7 @@ def compress_and_exchange(config, grads, variables, slots, step):
             ok,
             lambda grad=grad, slot=slot, k=k: _accumulate_and_select(config, slot, grad, k),
             lambda grad=grad, k=k: (tf.zeros([k], grad.dtype),
-                                    tf.zeros([k], compression.index_dtype_for(size))))
+                                    tf.zeros([k], index_dtype_for(size))))
         values, indices = tf.identity(values), tf.identity(indices)  # placed: see below
         handed.append(CompressedGradient(values, indices, tf.constant([size], indices.dtype)))
 

@@ -7,12 +7,12 @@ See the package docstring for the algorithm and the design decisions.
 """
 
 import dataclasses
-import math
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple
 
 import tensorflow as tf
 
 from dgc_tf import engine
+from dgc_tf.config import CompressorConfig, check_number
 from dgc_tf.distribute.payload import CompressedGradient, handed_bytes
 
 # Per compressed variable the size table carries its count as two float32
@@ -22,59 +22,27 @@ _COUNT_BASE = 4096
 
 
 @dataclasses.dataclass(frozen=True)
-class VGCConfig:
+class VGCConfig(CompressorConfig):
     """What VGC does, independent of the Keras flavour that runs it.
 
-    Attributes:
+    Attributes (besides `dgc_tf.config.CompressorConfig`'s `momentum`,
+    `nesterov`, `min_compress_size` and `local_clipnorm`; for VGC the
+    momentum is that of the SGD applied to the summed sparse update, and local
+    clipping also scales the squared-gradient estimates by `c^2`):
       alpha: send an element when `r^2 > alpha * s / B`; >= 0 (0 sends every
         nonzero element: plain momentum SGD).
       zeta: decay of `s` on the elements not sent, in [0, 1].
-      momentum: momentum of the SGD applied to the summed sparse update, [0, 1).
-      nesterov: Nesterov momentum (Keras SGD's) on that update.
-      min_compress_size: variables with fewer elements, or of rank < 2, are
-        exchanged densely with ordinary momentum SGD.
-      local_clipnorm: as DGC's: scale each worker's whole gradient list by
-        `c = min(1, (local_clipnorm / sqrt(N)) / global_norm)` before it is
-        accumulated, and the squared-gradient estimates by `c^2`; None: off.
     """
 
     alpha: float = 1.0
     zeta: float = 0.999
-    momentum: float = 0.9
-    nesterov: bool = False
-    min_compress_size: int = 1024
-    local_clipnorm: Optional[float] = None
 
     def __post_init__(self):
-        def number(name):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"`{name}` must be a number, got {value!r}.")
-            if not math.isfinite(value):
-                raise ValueError(f"`{name}` must be finite, got {value!r}.")
-            return value
-
-        if not number("alpha") >= 0.0:
+        super().__post_init__()
+        if not check_number("alpha", self.alpha) >= 0.0:
             raise ValueError(f"`alpha` must be >= 0, got {self.alpha}.")
-        if not 0.0 <= number("zeta") <= 1.0:
+        if not 0.0 <= check_number("zeta", self.zeta) <= 1.0:
             raise ValueError(f"`zeta` must be in [0, 1], got {self.zeta}.")
-        if not 0.0 <= number("momentum") < 1.0:
-            raise ValueError(f"`momentum` must be in [0, 1), got {self.momentum}.")
-        if not isinstance(self.nesterov, bool):
-            raise ValueError(f"`nesterov` must be True or False, got {self.nesterov!r}.")
-        if not isinstance(self.min_compress_size, int) or isinstance(self.min_compress_size, bool) \
-                or self.min_compress_size < 1:
-            raise ValueError(
-                f"`min_compress_size` must be an integer >= 1, got {self.min_compress_size!r}.")
-        if self.local_clipnorm is not None and not number("local_clipnorm") > 0:
-            raise ValueError(f"`local_clipnorm` must be > 0 or None, got {self.local_clipnorm}.")
-
-    def is_compressed(self, shape):
-        """VGC compresses variables of rank >= 2 with at least `min_compress_size` elements."""
-        return len(shape) >= 2 and math.prod(shape) >= self.min_compress_size
-
-    def as_dict(self):
-        return dataclasses.asdict(self)
 
 
 # -- the pure steps ------------------------------------------------------------
@@ -247,7 +215,6 @@ def compress_and_exchange(config, grads, grad_sq_means, batch_size, variables, s
         counts.append(tf.size(indices, out_type=tf.int32))
 
     # 1. Size exchange (and the non-finite flag).
-    dtype = grads[0].dtype
     row = [tf.cast(x, tf.float32) for c in counts for x in (c // _COUNT_BASE, c % _COUNT_BASE)]
     row.append(tf.cast(tf.logical_not(finite), tf.float32))
     replica = tf.cast(ctx.replica_id_in_sync_group, tf.int32)

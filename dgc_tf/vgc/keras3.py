@@ -2,7 +2,6 @@
 
 import keras
 import tensorflow as tf
-from keras.src import backend as keras_backend
 
 from dgc_tf import engine
 from dgc_tf import keras3 as dgc_keras3
