@@ -58,10 +58,7 @@ class DGCSGD(DGCOptimizerMixin, keras.optimizers.Optimizer):
         config = self.dgc_config
         self._dgc_slots = engine.SlotTable()
         for var in variables:
-            if not var.dtype or not tf.as_dtype(var.dtype).is_floating:
-                raise ValueError(
-                    f"DGCSGD can only train floating-point variables; `{var.path}` has dtype "
-                    f"{var.dtype}.")
+            self._require_float(var, var.path)
             if config.is_compressed(var.shape):
                 momentum = (_tf_variable(self._add_replica_local(var, "dgc_momentum"))
                             if config.momentum else None)
@@ -72,9 +69,14 @@ class DGCSGD(DGCOptimizerMixin, keras.optimizers.Optimizer):
                             if config.momentum else None)
                 self._dgc_slots.append(engine.VariableSlots(False, momentum, None))
         self._dgc_counters = engine.StepCounters(
-            **{name: _tf_variable(self.add_variable(
-                shape=(), initializer="zeros", dtype=dtype, aggregation="only_first_replica",
-                name=name)) for name, dtype in engine.StepCounters.DTYPES.items()})
+            **{name: self._counter(name, dtype)
+               for name, dtype in engine.StepCounters.DTYPES.items()})
+
+    def _counter(self, name, dtype):
+        """A mirrored scalar that only the first replica's updates count."""
+        return _tf_variable(self.add_variable(
+            shape=(), initializer="zeros", dtype=dtype, aggregation="only_first_replica",
+            name=name))
 
     def _add_replica_local(self, reference, name):
         """A per-replica buffer shaped like `reference` (each replica keeps its own).

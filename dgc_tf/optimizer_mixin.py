@@ -1,5 +1,7 @@
 """What the Keras 3 and tf_keras `DGCSGD` classes share beyond the engine."""
 
+import tensorflow as tf
+
 from dgc_tf import compression
 
 
@@ -28,6 +30,13 @@ class DGCOptimizerMixin:
         config = self.dgc_config
         return float(compression.density_at(
             int(self.iterations.numpy()), config.compress_ratio, config.warmup_steps).numpy())
+
+    def _require_float(self, variable, label):
+        """Compressors accumulate fractions: integer variables are refused at build."""
+        if not variable.dtype or not tf.as_dtype(variable.dtype).is_floating:
+            raise ValueError(
+                f"{type(self).__name__} can only train floating-point variables; `{label}` has "
+                f"dtype {tf.as_dtype(variable.dtype).name if variable.dtype else None}.")
 
     def _weight_decay_for(self, variable):
         if self.weight_decay is not None and self._use_weight_decay(variable):

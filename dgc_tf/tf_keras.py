@@ -51,10 +51,7 @@ class DGCSGD(DGCOptimizerMixin, tf_keras.optimizers.Optimizer):
         # Tracked lists (checkpointing follows attributes); the slot table maps them.
         self.dgc_momentums, self.dgc_residuals, self.momentums = [], [], []
         for var in var_list:
-            if not var.dtype.is_floating:
-                raise ValueError(
-                    f"DGCSGD can only train floating-point variables; `{var.name}` has dtype "
-                    f"{var.dtype.name}.")
+            self._require_float(var, var.name)
             if config.is_compressed(var.shape.as_list()):
                 momentum = self._add_replica_local(var, "dgc_u") if config.momentum else None
                 residual = self._add_replica_local(var, "dgc_v")

@@ -53,21 +53,15 @@ class VGCSGD(DGCOptimizerMixin, keras.optimizers.Optimizer):
     def vgc_config(self):
         return self.dgc_config
 
-    def build(self, variables):
-        if self.built:
-            return
-        with tf.init_scope():
-            self._build_slots(variables)
+    # Built outside any tf.function, as DGCSGD is.
+    build = dgc_keras3.DGCSGD.build
 
     def _build_slots(self, variables):
         super().build(variables)
         config = self.dgc_config
         self._vgc_slots = engine.SlotTable()
         for var in variables:
-            if not var.dtype or not tf.as_dtype(var.dtype).is_floating:
-                raise ValueError(
-                    f"VGCSGD can only train floating-point variables; `{var.path}` has dtype "
-                    f"{var.dtype}.")
+            self._require_float(var, var.path)
             momentum = (_tf_variable(self.add_variable_from_reference(var, "momentum"))
                         if config.momentum else None)
             if config.is_compressed(var.shape):
@@ -82,12 +76,8 @@ class VGCSGD(DGCOptimizerMixin, keras.optimizers.Optimizer):
         self._vgc_sent = self._counter("sent_elements", "float64")
         self._vgc_compressible = self._counter("compressible_elements", "float64")
 
-    def _counter(self, name, dtype):
-        return _tf_variable(self.add_variable(
-            shape=(), initializer="zeros", dtype=dtype, aggregation="only_first_replica",
-            name=name))
-
-    # A per-replica ON_READ/SUM buffer, exactly as DGCSGD makes its residual.
+    # Mirrored counters and per-replica ON_READ/SUM buffers, exactly as DGCSGD makes them.
+    _counter = dgc_keras3.DGCSGD._counter
     _add_replica_local = dgc_keras3.DGCSGD._add_replica_local
 
     def current_density(self):
