@@ -21,6 +21,7 @@ from tensorflow.python.distribute import cross_device_utils
 from tensorflow.python.util import nest
 
 from dgc_tf import wire
+from dgc_tf.distribute.collective_timeout import warn_if_collective_timeout
 from dgc_tf.distribute.payload import CompressedGradient
 
 # Distinct collective group keys for each SparseAllGather built by hand in one
@@ -39,7 +40,10 @@ class SparseAllGather(cross_device_ops_lib.CollectiveAllReduce):
         or the logical CPUs when there is no GPU.
       group_size: replicas in the whole group (all workers); defaults to
         `len(devices)`.
-      options: a `tf.distribute.experimental.CommunicationOptions`.
+      options: a `tf.distribute.experimental.CommunicationOptions`. A
+        `timeout_seconds` there is passed on, with a warning: TensorFlow keeps
+        a sleeping thread per collective launch for that long (see
+        `dgc_tf.distribute.collective_timeout`).
       wire_dtype: None sends values in the gradient dtype; `tf.float16` halves
         the value bytes of float32 gradients at float16 precision.
       collective_keys: internal; `MultiWorkerMirroredStrategy` passes its own.
@@ -59,6 +63,7 @@ class SparseAllGather(cross_device_ops_lib.CollectiveAllReduce):
             devices = [d.name for d in (tf.config.list_logical_devices("GPU")
                                         or tf.config.list_logical_devices("CPU"))]
         devices = list(devices)
+        warn_if_collective_timeout(options)
         if collective_keys is None:
             collective_keys = cross_device_utils.CollectiveKeys(
                 group_key_start=next(GROUP_KEY_STARTS))

@@ -13,9 +13,6 @@ from tensorflow.python.distribute import distribute_lib
 from dgc_tf.distribute import sparse_all_gather
 from dgc_tf.distribute.sparse_all_gather import SparseAllGather
 
-# A dead peer must surface as an error, not a hang: collectives give up after
-# this long unless the caller's CommunicationOptions say otherwise.
-DEFAULT_COLLECTIVE_TIMEOUT_SECONDS = 120.0
 
 
 class _SparseExchangeExtended(mwms_lib.CollectiveAllReduceExtended):
@@ -46,15 +43,15 @@ class MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
     Args:
       cluster_resolver: as for TensorFlow's strategy (default: `TF_CONFIG`).
       communication_options: `tf.distribute.experimental.CommunicationOptions`;
-        when None, collectives time out after
-        `DEFAULT_COLLECTIVE_TIMEOUT_SECONDS` so a dead worker is reported.
+        TensorFlow's defaults when None. No collective timeout is needed to
+        report a dead worker (the coordination service's heartbeats do), and
+        one is warned about: see `dgc_tf.distribute.collective_timeout`.
       wire_dtype: None or `tf.float16` (values on the wire in half precision).
     """
 
     def __init__(self, cluster_resolver=None, communication_options=None, wire_dtype=None):
         if communication_options is None:
-            communication_options = tf.distribute.experimental.CommunicationOptions(
-                timeout_seconds=DEFAULT_COLLECTIVE_TIMEOUT_SECONDS)
+            communication_options = tf.distribute.experimental.CommunicationOptions()
         # TensorFlow's __init__ would build the stock extended object; build ours.
         distribute_lib.Strategy.__init__(self, _SparseExchangeExtended(
             self, cluster_resolver=cluster_resolver,

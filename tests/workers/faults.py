@@ -26,8 +26,8 @@ from dgc_tf.data import fashion_mnist_arrays  # noqa: E402
 
 backup_dir, out, die_at_epoch = sys.argv[1], sys.argv[2], int(sys.argv[3])
 index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
-strategy = dgc_tf.distribute.MultiWorkerMirroredStrategy(
-    communication_options=tf.distribute.experimental.CommunicationOptions(timeout_seconds=20))
+# The strategy's defaults: a dead peer must be reported without a collective timeout.
+strategy = dgc_tf.distribute.MultiWorkerMirroredStrategy()
 (x, y), _ = fashion_mnist_arrays(train_size=512)
 options = tf.data.Options()
 options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
