@@ -53,6 +53,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from dgc_tf.distribute import is_chief, strategy_from_environment  # noqa: E402
+from fashion_mnist_demo import convnet  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -65,6 +66,8 @@ def parse_args(argv=None):
     parser.add_argument("--train-size", type=int, default=None, help="first N training images")
     parser.add_argument("--test-size", type=int, default=None, help="first N test images")
     parser.add_argument("--blocks", type=int, default=1, help="basic blocks per stage (n)")
+    parser.add_argument("--model", choices=["resnet", "convnet"], default="resnet",
+                        help="convnet: the demo's small convnet (28x28 inputs, no batch norm)")
     parser.add_argument("--batch-size", type=int, default=128, help="global batch size")
     parser.add_argument("--learning-rate", type=float, default=0.1)
     parser.add_argument("--momentum", type=float, default=0.9)
@@ -126,7 +129,7 @@ def train(name, strategy, data, args):
 
     keras.utils.set_random_seed(args.seed)
     with strategy.scope():
-        model = resnet(keras, args.blocks)
+        model = resnet(keras, args.blocks) if args.model == "resnet" else convnet(keras)
         # A float, set before every batch by `StepDecay`: DGCSGD with a LearningRateSchedule
         # fails under a strategy (the schedule's per-replica value reaches
         # engine.apply_updates in cross-replica context).
@@ -161,7 +164,7 @@ def train(name, strategy, data, args):
     class Record(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             logs = dict(logs or {})
-            row = {"epoch": epoch + 1,
+            row = {"epoch": epoch + 1, "seconds": time.perf_counter() - start,
                    "learning_rate": float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
                    "train_loss": float(logs.get("loss", float("nan"))),
                    "train_accuracy": float(logs.get("accuracy", float("nan"))),
@@ -246,10 +249,14 @@ def main(argv=None):
 
     strategy = strategy_from_environment(args.replicas)
     (x, y), (x_test, y_test) = fashion_mnist_arrays(args.train_size, args.test_size)
-    data = (pad32(x), y), (pad32(x_test), y_test)
+    if args.model == "resnet":
+        x, x_test = pad32(x), pad32(x_test)
+    data = (x, y), (x_test, y_test)
     log = print if is_chief() else (lambda *a, **k: None)
-    log(f"Fashion-MNIST ResNet-{6 * args.blocks + 2}: {strategy.num_replicas_in_sync} replicas, "
-        f"{len(x)} training / {len(x_test)} test images (32x32), {args.epochs} epochs, batch "
+    model_name = f"ResNet-{6 * args.blocks + 2}" if args.model == "resnet" else "convnet"
+    log(f"Fashion-MNIST {model_name}: {strategy.num_replicas_in_sync} replicas, "
+        f"{len(x)} training / {len(x_test)} test images ({x.shape[1]}x{x.shape[2]}), "
+        f"{args.epochs} epochs, batch "
         f"{args.batch_size}, selection op: "
         f"{'compiled' if dgc_tf.ops.using_custom_op() else 'pure-TF fallback'}", flush=True)
 
