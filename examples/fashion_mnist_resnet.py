@@ -73,7 +73,12 @@ def parse_args(argv=None):
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--compress-ratio", type=float, default=0.001)
-    parser.add_argument("--warmup-epochs", type=float, default=1.0)
+    parser.add_argument("--warmup-epochs", type=float, default=1.0,
+                        help="DGC: epochs of the sparsity warm-up")
+    parser.add_argument("--lr-warmup-epochs", type=float, default=0.0,
+                        help="every optimizer: linear learning-rate warm-up from lr/10")
+    parser.add_argument("--local-clipnorm", type=float, default=None,
+                        help="DGC: local gradient clipping (DGCSGD's local_clipnorm)")
     parser.add_argument("--alpha", type=float, default=1.0,
                         help="VGC: send where r^2 > alpha * s / B")
     parser.add_argument("--zeta", type=float, default=0.999, help="VGC: decay of s")
@@ -126,6 +131,7 @@ def train(name, strategy, data, args):
     steps_per_epoch = min(args.max_steps_per_epoch or full_epoch, full_epoch)
     total_steps = steps_per_epoch * args.epochs
     warmup_steps = int(args.warmup_epochs * steps_per_epoch)
+    lr_warmup_steps = int(args.lr_warmup_epochs * steps_per_epoch)
 
     keras.utils.set_random_seed(args.seed)
     with strategy.scope():
@@ -144,7 +150,8 @@ def train(name, strategy, data, args):
         else:
             optimizer = dgc_tf.keras3.DGCSGD(
                 learning_rate=lr, momentum=args.momentum, compress_ratio=args.compress_ratio,
-                warmup_steps=warmup_steps, weight_decay=args.weight_decay or None)
+                warmup_steps=warmup_steps, weight_decay=args.weight_decay or None,
+                local_clipnorm=args.local_clipnorm)
         model.compile(optimizer=optimizer, jit_compile=False, metrics=["accuracy"],
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     if name == "vgc":
@@ -177,7 +184,8 @@ def train(name, strategy, data, args):
             history.append(row)
 
     class StepDecay(keras.callbacks.Callback):
-        """lr / 10 from 50% of the steps on, lr / 100 from 75% on."""
+        """lr / 10 from 50% of the steps on, lr / 100 from 75% on; before that, a linear
+        warm-up from lr / 10 over the first `--lr-warmup-epochs` (none by default)."""
 
         def __init__(self):
             super().__init__()
@@ -187,6 +195,8 @@ def train(name, strategy, data, args):
             step = int(optimizer.iterations.numpy())
             value = args.learning_rate * (0.1 ** ((step >= int(0.5 * total_steps))
                                                   + (step >= int(0.75 * total_steps))))
+            if step < lr_warmup_steps:  # linear from lr / 10 to lr
+                value *= 0.1 + 0.9 * step / lr_warmup_steps
             if value != self.current:
                 optimizer.learning_rate = value
                 self.current = value
