@@ -37,7 +37,7 @@ class VGCSGD(DGCOptimizerMixin, keras.optimizers.Optimizer):
     """
 
     def __init__(self, learning_rate=0.01, alpha=1.0, zeta=0.999, momentum=0.9,
-                 nesterov=False, min_compress_size=1024, local_clipnorm=None, name="VGCSGD",
+                 nesterov=False, min_compress_size=1024, local_clipnorm=None, name=None,
                  **kwargs):
         vgc_config = VGCConfig(alpha=alpha, zeta=zeta, momentum=momentum, nesterov=nesterov,
                                min_compress_size=min_compress_size, local_clipnorm=local_clipnorm)
@@ -61,7 +61,7 @@ class VGCSGD(DGCOptimizerMixin, keras.optimizers.Optimizer):
         config = self.dgc_config
         self._vgc_slots = engine.SlotTable()
         for var in variables:
-            self._require_float(var, var.path)
+            self._require_float(var, dgc_keras3._variable_label(var))
             momentum = (_tf_variable(self.add_variable_from_reference(var, "momentum"))
                         if config.momentum else None)
             if config.is_compressed(var.shape):
