@@ -170,6 +170,13 @@ def micro_batch_train_step(model, data, num_groups):
     from keras.src.losses import loss as loss_module
     from keras.src.trainers.data_adapters import data_adapter_utils
 
+    if not isinstance(model.optimizer, VGCSGD):
+        # A LossScaleOptimizer (mixed precision) would drop the squared-gradient
+        # estimates, and would need them unscaled by the square of the loss scale.
+        raise ValueError(
+            f"VGC's micro-batch step feeds a VGCSGD, but the model's optimizer is "
+            f"{type(model.optimizer).__name__}. VGCSGD does not support mixed precision "
+            f"(LossScaleOptimizer) yet: compile with the float32 dtype policy.")
     x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
     trainable = model.trainable_weights
     group_grads, sizes, logs = [], [], None
