@@ -119,12 +119,14 @@ class DGCSGD(DGCOptimizerMixin, tf_keras.optimizers.Optimizer):
         if not grads_and_vars:
             return grads_and_vars
         grads, variables = map(list, zip(*grads_and_vars))
-        ok, _ = engine.all_replicas_finite(engine.replica_context(), grads)
+        ctx = engine.replica_context()
+        ok, _ = engine.all_replicas_finite(ctx, grads)
         # NaN in one gradient (the smallest: cheapest) makes the whole list non-finite.
         i = min(range(len(grads)), key=lambda j: variables[j].shape.num_elements() or 0)
         grads[i] = _plus(grads[i], tf.where(ok, tf.constant(0, grads[i].dtype),
                                             tf.constant(float("nan"), grads[i].dtype)))
-        self._dgc_unaggregated.update(g.ref() for g in grads)
+        if ctx.num_replicas_in_sync > 1:  # one replica: anything is accepted, nothing kept
+            self._dgc_unaggregated.update(g.ref() for g in grads)
         return list(zip(grads, variables))
 
     def apply_gradients(self, grads_and_vars, name=None, skip_gradients_aggregation=False,
