@@ -105,6 +105,23 @@ def replica_context():
     return ctx
 
 
+def all_replicas_finite(ctx, grads):
+    """Whether every replica's gradients are all finite, agreed by one scalar all-reduce.
+
+    Args:
+      ctx: the replica context.
+      grads: this replica's gradients (dense or `tf.IndexedSlices`).
+    Returns:
+      `(ok, flag)`: `ok` a bool scalar, identical on every replica; `flag` the
+      `[1]` float32 this replica handed over (1.0: its gradients were not finite).
+    """
+    finite = tf.reduce_all([
+        tf.reduce_all(tf.math.is_finite(g.values if isinstance(g, tf.IndexedSlices) else g))
+        for g in grads])
+    flag = tf.reshape(tf.cast(tf.logical_not(finite), tf.float32), [1])
+    return tf.equal(ctx.all_reduce(tf.distribute.ReduceOp.SUM, flag)[0], 0), flag
+
+
 def compress_and_exchange(config, grads, variables, slots, step):
     """The replica-local half of a DGC step. See the module docstring.
 
@@ -132,9 +149,7 @@ def compress_and_exchange(config, grads, variables, slots, step):
     # momentum in place, or not at all, instead of computing new state beside
     # the old and choosing between them: for large models those copies cost
     # far more than the extra scalar collective.
-    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
-    flag = tf.reshape(tf.cast(tf.logical_not(finite), tf.float32), [1])
-    ok = tf.equal(ctx.all_reduce(tf.distribute.ReduceOp.SUM, flag)[0], 0)
+    ok, flag = all_replicas_finite(ctx, grads)
     grads = compression.local_clip(grads, config.local_clipnorm, num_replicas)
 
     # What this replica hands to one all_reduce: a CompressedGradient per

@@ -14,6 +14,14 @@ def _tf_variable(variable):
     return variable.value if isinstance(variable, keras_backend.Variable) else variable
 
 
+def _variable_label(variable):
+    """What Keras 3 names a slot after: a Keras variable's `path`, a raw
+    `tf.Variable`'s name (which has no `path`), as `add_variable_from_reference` does."""
+    if hasattr(variable, "path"):
+        return variable.path.replace("/", "_")
+    return str(variable.name).replace("/", "_").replace(":", "_")
+
+
 @keras.saving.register_keras_serializable(package="dgc_tf")
 class DGCSGD(DGCOptimizerMixin, keras.optimizers.Optimizer):
     __doc__ = DGCSGD_DOC
@@ -29,7 +37,7 @@ class DGCSGD(DGCOptimizerMixin, keras.optimizers.Optimizer):
         momentum_masking=True,
         local_clipnorm=None,
         min_compress_size=1024,
-        name="DGCSGD",
+        name=None,
         **kwargs,
     ):
         # Validate before Keras sees anything, so bad input fails early and clearly.
@@ -58,7 +66,7 @@ class DGCSGD(DGCOptimizerMixin, keras.optimizers.Optimizer):
         config = self.dgc_config
         self._dgc_slots = engine.SlotTable()
         for var in variables:
-            self._require_float(var, var.path)
+            self._require_float(var, _variable_label(var))
             if config.is_compressed(var.shape):
                 momentum = (_tf_variable(self._add_replica_local(var, "dgc_momentum"))
                             if config.momentum else None)
@@ -85,12 +93,12 @@ class DGCSGD(DGCOptimizerMixin, keras.optimizers.Optimizer):
         replicas, so the total pending gradient survives save/restore.
         """
         self._check_super_called()
-        with self._distribution_strategy.extended.colocate_vars_with(reference.value):
+        with self._distribution_strategy.extended.colocate_vars_with(_tf_variable(reference)):
             with keras_backend.name_scope(self.name, caller=self):
                 variable = keras_backend.Variable(
                     initializer="zeros", shape=reference.shape, dtype=reference.dtype,
                     trainable=False, aggregation="sum", synchronization="on_read",
-                    name=f"{reference.path.replace('/', '_')}_{name}")
+                    name=f"{_variable_label(reference)}_{name}")
         self._track_variable(variable)
         return variable
 

@@ -14,6 +14,13 @@ from dgc_tf.docs import DGCSGD_DOC
 from dgc_tf.optimizer_mixin import DGCOptimizerMixin
 
 
+def _plus(grad, scalar):
+    """`grad + scalar`, for a dense gradient or the values of a `tf.IndexedSlices`."""
+    if isinstance(grad, tf.IndexedSlices):
+        return tf.IndexedSlices(grad.values + scalar, grad.indices, grad.dense_shape)
+    return grad + scalar
+
+
 @tf_keras.saving.register_keras_serializable(package="dgc_tf")
 class DGCSGD(DGCOptimizerMixin, tf_keras.optimizers.Optimizer):
     __doc__ = DGCSGD_DOC
@@ -40,6 +47,8 @@ class DGCSGD(DGCOptimizerMixin, tf_keras.optimizers.Optimizer):
             min_compress_size=min_compress_size)
         super().__init__(name=name, **kwargs)
         self.dgc_config = dgc_config
+        # Refs of the gradients `aggregate_gradients` handed out (still per replica).
+        self._dgc_unaggregated = self._no_dependency(set())
         self._learning_rate = self._build_learning_rate(learning_rate)
 
     def build(self, var_list):
@@ -87,20 +96,57 @@ class DGCSGD(DGCOptimizerMixin, tf_keras.optimizers.Optimizer):
 
     # -- the step ---------------------------------------------------------------
 
+    def aggregate_gradients(self, grads_and_vars):
+        """DGC's exchange is the aggregation: here replicas only agree on finiteness.
+
+        tf_keras's `LossScaleOptimizer` calls this before deciding, from the
+        gradients it returns, whether to apply the step, then calls
+        `apply_gradients(..., skip_gradients_aggregation=True)`. A dense
+        all-reduce here would send the whole gradient that DGC exists not to
+        send. Instead one scalar all-reduce tells every replica whether any
+        replica's gradients are non-finite; if so every replica's gradients
+        become NaN, so that all of them take the same branch (a replica that
+        applies while another skips would wait forever in the exchange).
+
+        Args:
+          grads_and_vars: this replica's `(gradient, variable)` pairs.
+
+        Returns:
+          The pairs, with each replica's own (unsummed) gradients; `apply_gradients`
+          accepts them with `skip_gradients_aggregation=True`.
+        """
+        grads_and_vars = [(g, v) for g, v in grads_and_vars if g is not None]
+        if not grads_and_vars:
+            return grads_and_vars
+        grads, variables = map(list, zip(*grads_and_vars))
+        ctx = engine.replica_context()
+        ok, _ = engine.all_replicas_finite(ctx, grads)
+        # NaN in one gradient (the smallest: cheapest) makes the whole list non-finite.
+        i = min(range(len(grads)), key=lambda j: variables[j].shape.num_elements() or 0)
+        grads[i] = _plus(grads[i], tf.where(ok, tf.constant(0, grads[i].dtype),
+                                            tf.constant(float("nan"), grads[i].dtype)))
+        if ctx.num_replicas_in_sync > 1:  # one replica: anything is accepted, nothing kept
+            self._dgc_unaggregated.update(g.ref() for g in grads)
+        return list(zip(grads, variables))
+
     def apply_gradients(self, grads_and_vars, name=None, skip_gradients_aggregation=False,
                         **kwargs):
         """Compresses, exchanges and applies; see the class docstring.
 
-        DGC is itself the gradient aggregation, so `skip_gradients_aggregation`
-        (or `experimental_aggregate_gradients=False`) is rejected: the caller
-        cannot have aggregated gradients that DGC has not compressed yet.
+        DGC is itself the gradient aggregation: the gradients are always each
+        replica's own, and DGC's exchange sums them. `skip_gradients_aggregation=True`
+        (or `experimental_aggregate_gradients=False`), which tf_keras's
+        `LossScaleOptimizer` passes, is accepted for gradients returned by
+        `aggregate_gradients` (unsummed) and with a single replica (where
+        summing changes nothing); gradients a caller summed over several
+        replicas itself are refused, as DGC would count them once per replica.
         """
-        if skip_gradients_aggregation or not kwargs.pop("experimental_aggregate_gradients", True):
-            raise ValueError(
-                "DGCSGD exchanges gradients itself; call apply_gradients with each "
-                "replica's own (unaggregated) gradients and skip_gradients_aggregation=False.")
-        self._compute_current_learning_rate()
+        skip = skip_gradients_aggregation or not kwargs.pop(
+            "experimental_aggregate_gradients", True)
         grads_and_vars = [(g, v) for g, v in grads_and_vars if g is not None]
+        if skip:
+            self._check_unaggregated([g for g, _ in grads_and_vars])
+        self._compute_current_learning_rate()
         if not grads_and_vars:
             return self._iterations
         grads, variables = zip(*grads_and_vars)
@@ -119,11 +165,34 @@ class DGCSGD(DGCOptimizerMixin, tf_keras.optimizers.Optimizer):
                     variable.assign(variable.constraint(variable))
             return iteration
 
+    def _check_unaggregated(self, grads):
+        ctx = tf.distribute.get_replica_context()
+        if ctx is not None and ctx.num_replicas_in_sync == 1:
+            return
+        refs = [g.ref() for g in grads]
+        if all(ref in self._dgc_unaggregated for ref in refs):
+            self._dgc_unaggregated.difference_update(refs)  # handed out once, used once
+            return
+        raise ValueError(
+            "DGCSGD exchanges gradients itself: with several replicas, call apply_gradients "
+            "with each replica's own gradients and skip_gradients_aggregation=False (or with "
+            "the gradients `aggregate_gradients` returned); gradients already summed over "
+            "replicas would be counted once per replica.")
+
     def _apply_exchanged(self, distribution, variables, slots, exchanged, learning_rate):
         engine.apply_updates(
             distribution, self.dgc_config, variables, slots, exchanged, learning_rate,
             self._weight_decay_for)
         self._dgc_counters.record(distribution, exchanged)
+        if self.use_ema:
+            # As tf_keras's own optimizers do after their update: `fit` ends by
+            # writing these averages into the model (`finalize_variable_values`).
+            self._update_model_variables_moving_average(variables)
+            if self.ema_overwrite_frequency:
+                tf.cond(
+                    tf.equal((self.iterations + 1) % self.ema_overwrite_frequency, 0),
+                    lambda: self._overwrite_model_variables_with_average_value(variables),
+                    lambda: None)
         return self.iterations.assign_add(1)
 
     def get_config(self):

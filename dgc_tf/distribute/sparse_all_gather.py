@@ -13,6 +13,7 @@ optimizer's finite-gradients flag) is all-reduced in packs by the
 `MultiWorkerMirroredStrategy`, which asserts that type.
 """
 
+import copy
 import itertools
 
 import tensorflow as tf
@@ -80,6 +81,15 @@ class SparseAllGather(cross_device_ops_lib.CollectiveAllReduce):
                    options=collective._options, wire_dtype=wire_dtype,
                    collective_keys=collective._collective_keys,
                    canonicalize_devices=collective._canonicalize_devices)
+
+    def __deepcopy__(self, memo):
+        # TensorFlow deep-copies strategies (and so their CrossDeviceOps), as
+        # CollectiveAllReduce.__deepcopy__ notes; the inherited method would
+        # return a plain CollectiveAllReduce without the sparse exchange.
+        return type(self)(devices=self._devices, group_size=self._group_size,
+                          options=self._options, wire_dtype=self.wire_dtype,
+                          collective_keys=copy.deepcopy(self._collective_keys, memo),
+                          canonicalize_devices=self._canonicalize_devices)
 
     def _all_reduce(self, reduce_op, value, replica_id, options):
         flat = nest.flatten(value)

@@ -27,6 +27,9 @@ MIN_SAMPLE_SIZE = 4096
 # Aim the threshold a little below the k-th largest so that one pass usually
 # yields enough candidates (about 1-1.3 k).
 CANDIDATE_MARGIN = 1.3
+# The dtypes the compiled kernel is registered for (its op's `T` attribute);
+# any other floating dtype (float64) takes the pure-TensorFlow path.
+KERNEL_DTYPES = (tf.float32, tf.float16, tf.bfloat16)
 
 
 def _validate(x, k, sample_ratio):
@@ -50,7 +53,9 @@ def sampled_topk(x, k, sample_ratio=0.01, seed=None):
     """Returns `(values, indices)`: the k entries of flattened `x` largest in `|x|`.
 
     Args:
-      x: a float16, bfloat16 or float32 tensor of any rank; NaN is rejected.
+      x: a floating tensor of any rank; NaN is rejected. float32, float16 and
+        bfloat16 run the compiled kernel where it loads, other dtypes
+        (float64) the fallback.
       k: number of entries to return, in `[1, size(x)]` (Python int or int
         scalar tensor).
       sample_ratio: fraction of `x` sampled to choose the threshold, in (0, 1].
@@ -64,7 +69,7 @@ def sampled_topk(x, k, sample_ratio=0.01, seed=None):
     """
     x = tf.convert_to_tensor(x)
     _validate(x, k, sample_ratio)
-    op = _custom_op.load()
+    op = _custom_op.load() if x.dtype in KERNEL_DTYPES else None
     if op is not None:
         return op(x, k, sample_ratio=sample_ratio, seed=seed)
     return sampled_topk_tf(x, k, sample_ratio=sample_ratio)

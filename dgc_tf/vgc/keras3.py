@@ -37,7 +37,7 @@ class VGCSGD(DGCOptimizerMixin, keras.optimizers.Optimizer):
     """
 
     def __init__(self, learning_rate=0.01, alpha=1.0, zeta=0.999, momentum=0.9,
-                 nesterov=False, min_compress_size=1024, local_clipnorm=None, name="VGCSGD",
+                 nesterov=False, min_compress_size=1024, local_clipnorm=None, name=None,
                  **kwargs):
         vgc_config = VGCConfig(alpha=alpha, zeta=zeta, momentum=momentum, nesterov=nesterov,
                                min_compress_size=min_compress_size, local_clipnorm=local_clipnorm)
@@ -61,7 +61,7 @@ class VGCSGD(DGCOptimizerMixin, keras.optimizers.Optimizer):
         config = self.dgc_config
         self._vgc_slots = engine.SlotTable()
         for var in variables:
-            self._require_float(var, var.path)
+            self._require_float(var, dgc_keras3._variable_label(var))
             momentum = (_tf_variable(self.add_variable_from_reference(var, "momentum"))
                         if config.momentum else None)
             if config.is_compressed(var.shape):
@@ -170,6 +170,13 @@ def micro_batch_train_step(model, data, num_groups):
     from keras.src.losses import loss as loss_module
     from keras.src.trainers.data_adapters import data_adapter_utils
 
+    if not isinstance(model.optimizer, VGCSGD):
+        # A LossScaleOptimizer (mixed precision) would drop the squared-gradient
+        # estimates, and would need them unscaled by the square of the loss scale.
+        raise ValueError(
+            f"VGC's micro-batch step feeds a VGCSGD, but the model's optimizer is "
+            f"{type(model.optimizer).__name__}. VGCSGD does not support mixed precision "
+            f"(LossScaleOptimizer) yet: compile with the float32 dtype policy.")
     x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
     trainable = model.trainable_weights
     group_grads, sizes, logs = [], [], None
