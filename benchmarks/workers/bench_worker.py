@@ -117,7 +117,10 @@ def main(argv=None):
         strategy = tf.distribute.get_strategy()
     else:
         if args.heartbeat_timeout_ms > 0:
-            from tensorflow.core.protobuf import coordination_config_pb2
+            try:
+                from tensorflow.core.protobuf import coordination_config_pb2
+            except ImportError:  # TensorFlow >= 2.20 keeps it with XLA's TSL
+                from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
             from tensorflow.python.distribute import multi_worker_util
             from tensorflow.python.eager import context
             cluster = json.loads(os.environ["TF_CONFIG"])["cluster"]
