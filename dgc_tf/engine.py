@@ -4,12 +4,14 @@ The step has two halves, split where tf.distribute splits them:
 
 * `compress_and_exchange` runs in replica context, on each replica's own
   gradients: it skips non-finite steps, clips locally, applies momentum
-  correction into the replica's residual, selects the top-k entries, masks
-  what was sent, and hands every compressed gradient (as a
-  `CompressedGradient`), the dense gradients and a non-finite flag to ONE
-  `all_reduce`. Under `dgc_tf.distribute`'s exchange that is one packed
-  all-gather plus packed dense all-reduces; under any other strategy the
-  compressed gradients are summed as ordinary `tf.IndexedSlices`.
+  correction into the replica's residual, selects the top-k entries, and
+  hands every compressed gradient (as a `CompressedGradient`), the dense
+  gradients and a non-finite flag to ONE `all_reduce`; then it zeroes what
+  was applied (momentum masking too). Under `dgc_tf.distribute`'s exchange
+  that is a few packed collectives (routes chosen per variable, see
+  `SparseAllGather`), which say which entries were applied; under any other
+  strategy the compressed gradients are summed as ordinary
+  `tf.IndexedSlices` and a replica's own selection is what was applied.
 * `apply_updates` runs in cross-replica context (inside `merge_call`) and
   applies the exchanged update identically to every replica's copy of the
   weights: a sparse scatter for compressed variables, Keras SGD for the rest.
