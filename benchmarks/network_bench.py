@@ -18,7 +18,12 @@ re-shaped between rates while the same worker processes wait):
          per step, so its wire bytes are as measured and its density is the
          fraction of compressed elements sent over the timed steps
   dense  the same strategy (TensorFlow's for dense gradients) + keras SGD
-(`--modes` picks among them) and, once per model and worker count, the floor:
+  dgc_gather   as dgc with exchange="allgather" (every worker's own top-k gathered:
+         the traffic grows with the workers; the default exchange's stays flat)
+  dense16      dense with wire_dtype=float16: gradients all-reduced in half
+         precision (Horovod's fp16 compression), the 16-bit dense baseline
+(`--modes` picks among them; default dgc,vgc,dense) and, once per model and worker
+count unless --no-floor, the floor:
 the same per-worker batch, forward, backward and a plain local SGD step with
 no communication at all, in as many concurrent processes as there are workers
 (so they share the CPU as the workers do). With vgc also VGC's floor: its
@@ -36,6 +41,10 @@ shape); only time and traffic are measured.
     sudo python benchmarks/network_bench.py                       # MLP, 2 workers
     sudo python benchmarks/network_bench.py --models mlp,lstm --workers 2,4 \\
         --rates unshaped,1gbit,100mbit --json /tmp/net.json --plot /tmp/net.png
+    sudo python benchmarks/network_bench.py --models mlp8m --workers 8,4,2 \\
+        --modes dense,dense16,dgc_gather,dgc --no-floor --ratio-plot /tmp/ratio.png
+
+Models: mlp (25.2M parameters), mlp8m (8.4M: 8 workers fit on 2 cores), lstm.
 
 Namespaces and worker processes are removed on exit, on Ctrl-C and on SIGTERM
 (only those carrying this run's tag).
