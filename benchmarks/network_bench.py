@@ -18,7 +18,12 @@ re-shaped between rates while the same worker processes wait):
          per step, so its wire bytes are as measured and its density is the
          fraction of compressed elements sent over the timed steps
   dense  the same strategy (TensorFlow's for dense gradients) + keras SGD
-(`--modes` picks among them) and, once per model and worker count, the floor:
+  dgc_gather   as dgc with exchange="allgather" (every worker's own top-k gathered:
+         the traffic grows with the workers; the default exchange's stays flat)
+  dense16      dense with wire_dtype=float16: gradients all-reduced in half
+         precision (Horovod's fp16 compression), the 16-bit dense baseline
+(`--modes` picks among them; default dgc,vgc,dense) and, once per model and worker
+count unless --no-floor, the floor:
 the same per-worker batch, forward, backward and a plain local SGD step with
 no communication at all, in as many concurrent processes as there are workers
 (so they share the CPU as the workers do). With vgc also VGC's floor: its
@@ -36,6 +41,10 @@ shape); only time and traffic are measured.
     sudo python benchmarks/network_bench.py                       # MLP, 2 workers
     sudo python benchmarks/network_bench.py --models mlp,lstm --workers 2,4 \\
         --rates unshaped,1gbit,100mbit --json /tmp/net.json --plot /tmp/net.png
+    sudo python benchmarks/network_bench.py --models mlp8m --workers 8,4,2 \\
+        --modes dense,dense16,dgc_gather,dgc --no-floor --ratio-plot /tmp/ratio.png
+
+Models: mlp (25.2M parameters), mlp8m (8.4M: 8 workers fit on 2 cores), lstm.
 
 Namespaces and worker processes are removed on exit, on Ctrl-C and on SIGTERM
 (only those carrying this run's tag).
@@ -63,9 +72,13 @@ WORKER = os.path.join(HERE, "workers", "bench_worker.py")
 SUBNET = "10.213.0"
 DEV = "dgc0"
 PORT = 23456
-MODES = ("dgc", "vgc", "dense")
-FLOOR_MODE = {"dgc": "floor", "dense": "floor", "vgc": "floor_vgc"}
-DEFAULT_BATCH = {"mlp": 32, "lstm": 20}
+MODES = ("dgc", "dgc_gather", "vgc", "dense", "dense16")
+FLOOR_MODE = {"dgc": "floor", "dgc_gather": "floor", "dense": "floor", "dense16": "floor",
+              "vgc": "floor_vgc"}
+DEFAULT_BATCH = {"mlp": 32, "mlp8m": 32, "lstm": 20}
+# Extra columns of the summary: mode -> (step-time key, wire key, label).
+EXTRA_MODES = {"dgc_gather": ("gather_s", "gather_wire", "DGC allgather"),
+               "dense16": ("dense16_s", "dense16_wire", "dense fp16")}
 
 
 # --------------------------------------------------------------------------- network
@@ -87,8 +100,8 @@ def netns_available():
         return False
 
 
-def make_tag(pid=None):
-    return f"dgcbench-{os.getpid() if pid is None else pid}"
+def make_tag(pid=None, prefix="dgcbench"):
+    return f"{prefix}-{os.getpid() if pid is None else pid}"
 
 
 def worker_ns(tag, i):
@@ -389,12 +402,13 @@ def summarize_results(results):
 
 
 def new_report(opts):
-    return {"meta": meta(opts, make_tag()), "cases": [], "floors": [], "summary": []}
+    return {"meta": meta(opts, make_tag(prefix=opts.ns_prefix)), "cases": [], "floors": [],
+            "summary": []}
 
 
 def run_benchmark(opts, report=None, log=print):
     """Runs every case, adding to `report` as it goes (so an interrupted run keeps its part)."""
-    tag = make_tag()
+    tag = make_tag(prefix=opts.ns_prefix)
     report = new_report(opts) if report is None else report
     for model in opts.models:
         for n in opts.workers:
@@ -403,7 +417,8 @@ def run_benchmark(opts, report=None, log=print):
                 topo.create()
                 log(f"== {model}, {n} workers: namespaces {', '.join(topo.namespaces)}"
                     + (f" + {topo.hub}" if topo.hub else ""))
-                floor_modes = sorted({FLOOR_MODE[m] for m in opts.modes})
+                floor_modes = ([] if opts.no_floor
+                               else sorted({FLOOR_MODE[m] for m in opts.modes}))
                 before = {f: run_floor(topo, model, opts, log, f) for f in floor_modes}
                 for mode in opts.modes:
                     report["cases"].extend(run_mode(topo, model, mode, opts, log))
@@ -510,6 +525,12 @@ def summarize(report):
         row["vgc_over_floor"] = _ratio(row["vgc_s"], row["vgc_floor_s"])
         row["wire_ratio"] = _ratio(row["dense_wire"], row["dgc_wire"])
         row["vgc_wire_ratio"] = _ratio(row["dense_wire"], row["vgc_wire"])
+        for mode, (time_key, wire_key, _) in EXTRA_MODES.items():
+            case = by_key.get(key + (mode,), {})
+            row[time_key] = case.get("median_step_s")
+            row[wire_key] = case.get("wire_bytes_per_step")
+        row["gather_wire_ratio"] = _ratio(row["dense_wire"], row["gather_wire"])
+        row["speedup_over_dense16"] = _ratio(row["dense16_s"], row["dgc_s"])
         rows.append(row)
     return rows
 
@@ -535,7 +556,9 @@ def fmt_ratio(r):
 
 HEADER = ("model", "workers", "link", "dense step", "DGC step", "VGC step", "speedup",
           "VGC speedup", "floor", "DGC/floor", "VGC floor", "VGC/floor", "dense wire/step",
-          "DGC wire/step", "VGC wire/step", "wire ratio", "VGC wire ratio", "VGC density")
+          "DGC wire/step", "VGC wire/step", "wire ratio", "VGC wire ratio", "VGC density",
+          "allgather step", "dense fp16 step", "allgather wire/step", "dense fp16 wire/step",
+          "allgather wire ratio", "DGC speedup over fp16")
 
 
 def fmt_density(d):
@@ -549,8 +572,10 @@ def format_table(report):
     cases = {(c["model"], c["workers"], c["rate"], c["mode"]): c for c in report["cases"]}
     for r in report["summary"]:
         steps = {"dense": fmt_time(r["dense_s"]), "dgc": fmt_time(r["dgc_s"]),
-                 "vgc": fmt_time(r.get("vgc_s"))}
-        for mode in ("dense", "dgc", "vgc"):
+                 "vgc": fmt_time(r.get("vgc_s")),
+                 "dgc_gather": fmt_time(r.get("gather_s")),
+                 "dense16": fmt_time(r.get("dense16_s"))}
+        for mode in ("dense", "dgc", "vgc", *EXTRA_MODES):
             c = cases.get((r["model"], r["workers"], r["rate"], mode), {})
             if c.get("status") == "failed":
                 notes.append(f"[{len(notes) + 1}] {mode} {r['model']} {r['workers']}w "
@@ -563,7 +588,10 @@ def format_table(report):
                      fmt_ratio(r.get("vgc_over_floor")), fmt_bytes(r["dense_wire"]),
                      fmt_bytes(r["dgc_wire"]), fmt_bytes(r.get("vgc_wire")),
                      fmt_ratio(r["wire_ratio"]), fmt_ratio(r.get("vgc_wire_ratio")),
-                     fmt_density(r.get("vgc_density"))))
+                     fmt_density(r.get("vgc_density")), steps["dgc_gather"], steps["dense16"],
+                     fmt_bytes(r.get("gather_wire")), fmt_bytes(r.get("dense16_wire")),
+                     fmt_ratio(r.get("gather_wire_ratio")),
+                     fmt_ratio(r.get("speedup_over_dense16"))))
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
               for i, h in enumerate(HEADER)]
     lines = [" | ".join(h.ljust(w) for h, w in zip(HEADER, widths)),
@@ -640,6 +668,34 @@ def plot(report, path):
     plt.close(fig)
 
 
+def plot_wire_ratio(report, path):
+    """Wire ratio (dense bytes / DGC bytes per step, interface counters) against workers."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for model in dict.fromkeys(r["model"] for r in report["summary"]):
+        for key, style, label in (("wire_ratio", "o-", "DGC (exchange='auto')"),
+                                  ("gather_wire_ratio", "s--", "DGC, all-gather of own top-k")):
+            points = {}
+            for r in report["summary"]:
+                if r["model"] == model and r.get(key):
+                    points.setdefault(r["workers"], r[key])  # bytes do not depend on the rate
+            if points:
+                xs = sorted(points)
+                ax.plot(xs, [points[x] for x in xs], style, label=f"{model}: {label}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("workers")
+    ax.set_ylabel("wire ratio (dense bytes / DGC bytes)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def meta(opts, tag):
     return {"date": datetime.datetime.now().isoformat(timespec="seconds"),
             "host": platform.node(), "cpus": os.cpu_count(), "tag": tag,
@@ -674,7 +730,8 @@ def _csv(text, cast=str):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--models", type=_csv, default=["mlp"], help="mlp,lstm (default mlp)")
+    p.add_argument("--models", type=_csv, default=["mlp"],
+                   help="mlp (25M), mlp8m (8.4M), lstm (default mlp)")
     p.add_argument("--workers", type=lambda t: _csv(t, int), default=[2],
                    help="worker counts, e.g. 2,4 (default 2)")
     p.add_argument("--rates", type=_csv, default=["unshaped", "1gbit", "100mbit"],
@@ -689,8 +746,8 @@ def parse_args(argv=None):
     p.add_argument("--rewarm", type=int, default=2, help="untimed steps after re-shaping")
     p.add_argument("--threads", type=int, default=0,
                    help="intra-op threads per process (0: cpus // workers)")
-    p.add_argument("--modes", type=_csv, default=list(MODES),
-                   help="of dgc,vgc,dense (default all three)")
+    p.add_argument("--modes", type=_csv, default=["dgc", "vgc", "dense"],
+                   help="of dgc,dgc_gather,vgc,dense,dense16 (default dgc,vgc,dense)")
     p.add_argument("--compress-ratio", type=float, default=0.001)
     p.add_argument("--alpha", type=float, default=1.0, help="VGC: send where r^2 > alpha s / B")
     p.add_argument("--zeta", type=float, default=0.999, help="VGC: decay of s")
@@ -704,6 +761,12 @@ def parse_args(argv=None):
     p.add_argument("--tbf-latency", default="200ms")
     p.add_argument("--start-timeout", type=float, default=300.0)
     p.add_argument("--step-timeout", type=float, default=150.0)
+    p.add_argument("--no-floor", action="store_true",
+                   help="skip the no-communication floor runs")
+    p.add_argument("--ns-prefix", default="dgcbench",
+                   help="namespace names start with PREFIX-<pid>- (default dgcbench)")
+    p.add_argument("--ratio-plot", dest="ratio_plot_path",
+                   help="plot of the wire ratio (dense / DGC) against the worker count")
     p.add_argument("--json", dest="json_path")
     p.add_argument("--plot", dest="plot_path")
     opts = p.parse_args(argv)
@@ -723,7 +786,7 @@ def parse_args(argv=None):
             rate_bits(r)
         except ValueError as e:
             p.error(str(e))
-    opts.batch = {"mlp": opts.batch_mlp, "lstm": opts.batch_lstm}
+    opts.batch = {"mlp": opts.batch_mlp, "mlp8m": opts.batch_mlp, "lstm": opts.batch_lstm}
     cpus = os.cpu_count() or 1
     opts.threads_for = lambda n: opts.threads or max(1, cpus // n)
     return opts
@@ -739,7 +802,7 @@ def main(argv=None):
         sys.exit("network_bench needs root and `ip netns` (see shared/DGC.md §4)")
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
-    tag = make_tag()
+    tag = make_tag(prefix=opts.ns_prefix)
     report = new_report(opts)
     interrupted = None
     try:
@@ -772,6 +835,8 @@ def main(argv=None):
             f.write(to_json(report) + "\n")
     if opts.plot_path:
         plot(report, opts.plot_path)
+    if opts.ratio_plot_path:
+        plot_wire_ratio(report, opts.ratio_plot_path)
     if interrupted:
         sys.exit(130)
     return report

@@ -4,12 +4,14 @@ The step has two halves, split where tf.distribute splits them:
 
 * `compress_and_exchange` runs in replica context, on each replica's own
   gradients: it skips non-finite steps, clips locally, applies momentum
-  correction into the replica's residual, selects the top-k entries, masks
-  what was sent, and hands every compressed gradient (as a
-  `CompressedGradient`), the dense gradients and a non-finite flag to ONE
-  `all_reduce`. Under `dgc_tf.distribute`'s exchange that is one packed
-  all-gather plus packed dense all-reduces; under any other strategy the
-  compressed gradients are summed as ordinary `tf.IndexedSlices`.
+  correction into the replica's residual, selects the top-k entries, and
+  hands every compressed gradient (as a `CompressedGradient`), the dense
+  gradients and a non-finite flag to ONE `all_reduce`; then it zeroes what
+  was applied (momentum masking too). Under `dgc_tf.distribute`'s exchange
+  that is a few packed collectives (routes chosen per variable, see
+  `SparseAllGather`), which say which entries were applied; under any other
+  strategy the compressed gradients are summed as ordinary
+  `tf.IndexedSlices` and a replica's own selection is what was applied.
 * `apply_updates` runs in cross-replica context (inside `merge_call`) and
   applies the exchanged update identically to every replica's copy of the
   weights: a sparse scatter for compressed variables, Keras SGD for the rest.
@@ -163,38 +165,69 @@ def compress_and_exchange(config, grads, variables, slots, step):
             continue
         size = var.shape.num_elements()
         k = compression.selected_count(size, step, config.compress_ratio, config.warmup_steps)
-        values, indices = tf.cond(
+        values, indices, residual = tf.cond(
             ok,
             lambda grad=grad, slot=slot, k=k: _accumulate_and_select(config, slot, grad, k),
-            lambda grad=grad, k=k: (tf.zeros([k], grad.dtype),
-                                    tf.zeros([k], index_dtype_for(size))))
+            lambda grad=grad, slot=slot, k=k: (
+                tf.zeros([k], grad.dtype), tf.zeros([k], index_dtype_for(size)),
+                tf.reshape(slot.residual.read_value(), [-1])))
         values, indices = tf.identity(values), tf.identity(indices)  # placed: see below
-        handed.append(CompressedGradient(values, indices, tf.constant([size], indices.dtype)))
+        # The exchange may apply other entries than these (a leader's): it gets
+        # the residual to read them from, and says below what it applied.
+        densities = (compression.stage_densities(config.compress_ratio)
+                     if config.warmup_steps else [config.compress_ratio])
+        handed.append(CompressedGradient(
+            values, indices, tf.constant([size], indices.dtype), residual=residual,
+            replica_rank=ctx.replica_id_in_sync_group, step=step,
+            max_count=max(compression.num_selected(size, d) for d in densities), variable_name=var.name))
 
     updates = ctx.all_reduce(tf.distribute.ReduceOp.SUM, handed)
+    for sent, update, slot in zip(handed, updates, slots):
+        if slot.compressed:
+            # Zero what was applied, and only that: the rest stays pending.
+            applied = getattr(update, "applied", sent.indices)
+            tf.cond(ok, lambda slot=slot, applied=applied: _mask_applied(config, slot, applied),
+                    lambda: tf.constant(False))
 
-    wire_dtype = getattr(_cross_device_ops(), "wire_dtype", None)
-    bytes_sent = handed_bytes(handed + [flag], wire_dtype)
-    dense_bytes = float(sum(v.shape.num_elements() * v.dtype.size for v in variables))
+    exchange = _cross_device_ops()
+    if hasattr(exchange, "wire_bytes"):
+        # What the exchange's collectives put on the wire per replica, and what
+        # a dense all-reduce would: their ratio is the traffic saved.
+        bytes_sent = exchange.wire_bytes(handed + [flag])
+        dense_bytes = exchange.dense_wire_bytes(variables)
+    else:
+        bytes_sent = handed_bytes(handed + [flag], getattr(exchange, "wire_dtype", None))
+        dense_bytes = float(sum(v.shape.num_elements() * v.dtype.size for v in variables))
     return Exchanged(updates, ok, bytes_sent, dense_bytes)
 
 
 def _accumulate_and_select(config, slot, grad, k):
-    """Momentum correction into the replica's state, selection, masking.
+    """Momentum correction into the replica's state, and selection.
 
-    Returns the selected `(values, flat indices)`; the state variables are
-    updated in place (replica-local assignments).
+    Returns the selected `(values, flat indices)` and the flat residual they
+    were selected from; the state variables are updated in place
+    (replica-local assignments). Masking waits for the exchange
+    (`_mask_applied`), which says what was applied.
     """
     u = tf.zeros_like(grad) if slot.momentum is None else slot.momentum.read_value()
     u, v = compression.momentum_correction(
         u, slot.residual.read_value(), grad, config.momentum, config.nesterov)
     values, indices = compression.select(v, k, config.sample_ratio)
-    u, v = compression.mask_sent(u, v, indices, config.momentum_masking)
-    with tf.control_dependencies([values, indices]):
-        if slot.momentum is not None:
-            slot.momentum.assign(u)
-        slot.residual.assign(v)
-    return tf.identity(values), tf.identity(indices)
+    if slot.momentum is not None:
+        slot.momentum.assign(u)
+    slot.residual.assign(v)
+    return tf.identity(values), tf.identity(indices), tf.reshape(v, [-1])
+
+
+def _mask_applied(config, slot, applied):
+    """Zeroes the applied entries of the residual (and, with masking, the momentum)."""
+    v = slot.residual.read_value()
+    u = tf.zeros_like(v) if slot.momentum is None else slot.momentum.read_value()
+    u, v = compression.mask_sent(u, v, applied, config.momentum_masking)
+    if slot.momentum is not None and config.momentum_masking:
+        slot.momentum.assign(u)
+    slot.residual.assign(v)
+    return tf.constant(True)
 
 
 def apply_updates(distribution, config, variables, slots, exchanged, learning_rate,

@@ -21,6 +21,12 @@ One step, with ``t = iterations`` (0-based index of the step being applied), ``l
 4. dense variable: ``g = sum over workers``; exactly ``keras.optimizers.SGD``;
 5. ``iterations += 1``.
 
+With ``exchange="leader"`` (ScaleCom's cyclic local top-k) step 3 differs: for the ``c``-th
+compressed variable (0-based, in variable order) at step ``t`` the leader is worker
+``(t + c) % N``; only the leader's top-k indices ``I`` of its own ``v`` are used, ``G[I] = sum over
+workers of v_w[I]``, and every worker zeroes ``v_w[I]`` (and ``u_w[I]`` with masking); what a
+worker would have selected elsewhere stays in its residual.
+
 Everything is computed in float64 unless ``dtype`` says otherwise.
 """
 
@@ -142,7 +148,11 @@ class DGCReference:
 
     def __init__(self, shapes, num_workers, learning_rate=0.01, momentum=0.9, nesterov=False,
                  compress_ratio=0.001, warmup_steps=0, momentum_masking=True, local_clipnorm=None,
-                 min_compress_size=1024, weight_decay=None, dtype=np.float64):
+                 min_compress_size=1024, weight_decay=None, dtype=np.float64,
+                 exchange="allgather"):
+        if exchange not in ("allgather", "leader"):
+            raise ValueError(f"exchange must be 'allgather' or 'leader', got {exchange!r}")
+        self.exchange = exchange
         self.shapes = [tuple(int(d) for d in s) for s in shapes]
         self.num_workers = int(num_workers)
         if self.num_workers < 1:
@@ -224,12 +234,14 @@ class DGCReference:
             weights = [w - lr * self.weight_decay * w for w in weights]
 
         new_weights = []
+        compressed_seen = 0
         for j in range(nv):
             w = weights[j]
             if self.compressed[j]:
                 # 3. momentum correction + residual + top-k + masking + sparse sum exchange
                 k = num_selected(self.sizes[j], density)
                 G = np.zeros(self.sizes[j], self.dtype)
+                corrected = []
                 for wk in range(nw):
                     g = grads[wk][j]
                     u = self.u[wk][j]
@@ -240,7 +252,16 @@ class DGCReference:
                     else:
                         u = mom * u + g
                         v = v + u
-                    vals, idx = topk_by_magnitude(v, k)
+                    corrected.append((u, v))
+                leader = (t + compressed_seen) % nw
+                compressed_seen += 1
+                for wk in range(nw):
+                    u, v = corrected[wk]
+                    if self.exchange == "leader":
+                        _, idx = topk_by_magnitude(corrected[leader][1], k)
+                        vals = v.reshape(-1)[idx].copy()
+                    else:
+                        vals, idx = topk_by_magnitude(v, k)
                     v_flat = v.reshape(-1).copy()
                     v_flat[idx] = 0
                     v = v_flat.reshape(self.shapes[j])

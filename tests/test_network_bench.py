@@ -227,3 +227,36 @@ def test_plot(tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 1000
     nb.plot(_report_with_vgc(), tmp_path / "q.png")
     assert (tmp_path / "q.png").stat().st_size > 1000
+
+
+def _scaling_report():
+    """dense, dense fp16, the all-gather and the default exchange at 2 and 8 workers."""
+    wires = {2: {"dense": 67e6, "dense16": 34e6, "dgc_gather": 140e3, "dgc": 140e3},
+             8: {"dense": 469e6, "dense16": 236e6, "dgc_gather": 4.17e6, "dgc": 1.41e6}}
+    cases = [dict(model="mlp8m", workers=n, mode=mode, rate="100mbit", rate_bits=1e8,
+                  status="ok", median_step_s=wire / 12e6 + 0.5, wire_bytes_per_step=wire)
+             for n, by_mode in wires.items() for mode, wire in by_mode.items()]
+    report = {"meta": {"command": "x"}, "floors": [], "cases": cases}
+    report["summary"] = nb.summarize(report)
+    return report
+
+
+def test_summary_of_the_exchanges_and_the_fp16_baseline(tmp_path):
+    report = _scaling_report()
+    row = next(r for r in report["summary"] if r["workers"] == 8)
+    assert row["wire_ratio"] == pytest.approx(469e6 / 1.41e6)
+    assert row["gather_wire_ratio"] == pytest.approx(469e6 / 4.17e6)
+    assert row["dense16_wire"] == 236e6
+    assert row["speedup_over_dense16"] == pytest.approx((236e6 / 12e6 + 0.5) / (1.41e6 / 12e6 + 0.5))
+    table = nb.format_table(report)
+    assert "allgather wire ratio" in table.splitlines()[0] and "112.47x" in table
+    pytest.importorskip("matplotlib")
+    nb.plot_wire_ratio(report, tmp_path / "ratio.png")
+    assert (tmp_path / "ratio.png").stat().st_size > 1000
+
+
+def test_namespace_prefix_option():
+    assert nb.make_tag(7, prefix="dgc12") == "dgc12-7"
+    assert nb.parse_args(["--ns-prefix", "dgc12"]).ns_prefix == "dgc12"
+    assert nb.parse_args(["--models", "mlp8m", "--modes", "dgc_gather,dense16"]).modes == [
+        "dgc_gather", "dense16"]

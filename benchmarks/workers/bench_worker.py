@@ -15,6 +15,10 @@ the same number of steps (collectives must match).
 
 Modes:
   dgc        dgc_tf.distribute.MultiWorkerMirroredStrategy + dgc_tf.keras3.DGCSGD
+             (the strategy's default exchange, "auto")
+  dgc_gather the same with exchange="allgather" (every replica's own top-k gathered)
+  dense16    dgc_tf's strategy with wire_dtype=float16 + keras.optimizers.SGD: dense
+             gradients all-reduced in half precision (Horovod's fp16 compression)
   vgc        the same strategy + dgc_tf.vgc.VGCSGD (alpha, zeta), gradients and the
              squared-gradient estimate from --vgc-groups strided micro-batches
              (dgc_tf.vgc.micro_batch_gradients: one forward/backward each)
@@ -47,8 +51,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser()
-    p.add_argument("--model", choices=("mlp", "lstm"), required=True)
-    p.add_argument("--mode", choices=("dgc", "vgc", "dense", "floor", "floor_vgc"),
+    p.add_argument("--model", choices=("mlp", "mlp8m", "lstm"), required=True)
+    p.add_argument("--mode", choices=("dgc", "dgc_gather", "vgc", "dense", "dense16", "floor",
+                                      "floor_vgc"),
                    required=True)
     p.add_argument("--batch", type=int, required=True, help="per-worker batch")
     p.add_argument("--workers", type=int, required=True)
@@ -112,7 +117,10 @@ def main(argv=None):
         strategy = tf.distribute.get_strategy()
     else:
         if args.heartbeat_timeout_ms > 0:
-            from tensorflow.core.protobuf import coordination_config_pb2
+            try:
+                from tensorflow.core.protobuf import coordination_config_pb2
+            except ImportError:  # TensorFlow >= 2.20 keeps it with XLA's TSL
+                from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
             from tensorflow.python.distribute import multi_worker_util
             from tensorflow.python.eager import context
             cluster = json.loads(os.environ["TF_CONFIG"])["cluster"]
@@ -127,19 +135,23 @@ def main(argv=None):
             strategy = tf.distribute.MultiWorkerMirroredStrategy()
         else:
             import dgc_tf.distribute
-            strategy = dgc_tf.distribute.MultiWorkerMirroredStrategy()
+            strategy = dgc_tf.distribute.MultiWorkerMirroredStrategy(
+                exchange="allgather" if args.mode == "dgc_gather" else "auto",
+                wire_dtype=tf.float16 if args.mode == "dense16" else None)
 
     import keras
 
     keras.utils.set_random_seed(args.seed)
     b, seq = args.batch, args.seq_len
     with strategy.scope():
-        if args.model == "mlp":
-            # 1024-4096-4096-1024-10: 25.2M parameters, little compute per parameter.
+        if args.model in ("mlp", "mlp8m"):
+            # mlp: 1024-4096-4096-1024-10, 25.2M parameters, little compute per
+            # parameter; mlp8m: 1024-2048-2048-1024-10, 8.4M (8 workers fit on 2 cores).
+            width = 4096 if args.model == "mlp" else 2048
             model = keras.Sequential([
                 keras.Input((1024,)),
-                keras.layers.Dense(4096, activation="relu"),
-                keras.layers.Dense(4096, activation="relu"),
+                keras.layers.Dense(width, activation="relu"),
+                keras.layers.Dense(width, activation="relu"),
                 keras.layers.Dense(1024, activation="relu"),
                 keras.layers.Dense(10)])
         else:
@@ -150,7 +162,7 @@ def main(argv=None):
                 keras.layers.LSTM(200, return_sequences=True),
                 keras.layers.LSTM(200, return_sequences=True),
                 keras.layers.Dense(10000)])
-        if args.mode == "dgc":
+        if args.mode in ("dgc", "dgc_gather"):
             import dgc_tf.keras3
             optimizer = dgc_tf.keras3.DGCSGD(learning_rate=0.01, momentum=0.9,
                                              compress_ratio=args.compress_ratio,
@@ -168,7 +180,7 @@ def main(argv=None):
     def batch(step):
         """A fresh synthetic batch per step and worker."""
         seed = tf.stack([tf.constant(args.seed * 1000 + index, tf.int64), step])
-        if args.model == "mlp":
+        if args.model != "lstm":
             x = tf.random.stateless_normal((b, 1024), seed=seed)
             y = tf.random.stateless_uniform((b,), seed=seed + 1, maxval=10, dtype=tf.int32)
         else:
@@ -234,7 +246,7 @@ def main(argv=None):
             tx1 = read_tx(args.dev)
             result = {"step_times": times,
                       "tx_bytes": None if tx0 is None else tx1 - tx0}
-            if args.mode == "dgc":
+            if args.mode in ("dgc", "dgc_gather"):
                 stats = optimizer.compression_stats()
                 result["dgc_last_bytes_sent"] = float(stats["last_bytes_sent"])
                 result["dgc_compression_ratio"] = float(stats["compression_ratio"])

@@ -1,4 +1,4 @@
-"""`CompressedGradient`: how the optimizer hands a compressed gradient to the exchange."""
+"""What the optimizer hands to the exchange, and what it gets back."""
 
 import tensorflow as tf
 
@@ -9,10 +9,54 @@ class CompressedGradient(tf.IndexedSlices):
     `values[i]` belongs at flat index `indices[i]` of the variable, whose
     flattened size is `dense_shape[0]`. Every replica sends the same number of
     entries for a variable in a step, which `SparseAllGather` relies on to pack
-    all of them into one fixed-layout all-gather. To any other `CrossDeviceOps`
+    all of them into fixed-layout collectives. To any other `CrossDeviceOps`
     it is an ordinary `tf.IndexedSlices`, which `tf.distribute` sums correctly
     (by gathering), only with one or two collectives per variable.
+
+    DGC's optimizer also passes what lets the exchange choose *which* entries
+    are applied (`SparseAllGather`'s "leader" route) instead of summing every
+    replica's own selection; a contribution without them (VGC's, or one built
+    by hand) is always exchanged as its own entries.
+
+    Attributes (besides `tf.IndexedSlices`'s):
+      residual: this replica's flat accumulated gradient (DGC's `v`) from which
+        `values` were selected, not yet zeroed where they were sent; or None.
+      replica_rank: this replica's `replica_id_in_sync_group` (int32 scalar).
+      step: the optimizer step (int64 scalar): leaders rotate with it.
+      max_count: the largest entry count this variable sends at any step of its
+        schedule (a Python int), so that the exchange's route, chosen when the
+        step is traced, never moves more bytes than the dense alternative.
+      variable_name: the variable's name, for the exchange's record of routes.
     """
+
+    def __init__(self, values, indices, dense_shape, residual=None, replica_rank=None,
+                 step=None, max_count=None, variable_name=None):
+        super().__init__(values, indices, dense_shape)
+        self.variable_name = variable_name
+        self.residual = residual
+        self.replica_rank = replica_rank
+        self.step = step
+        self.max_count = max_count
+
+
+class ReducedGradient(tf.IndexedSlices):
+    """The exchanged sum for one compressed variable, identical on every replica.
+
+    `values` / `indices` (flat) are the entries to apply; several replicas'
+    entries at the same index are summed by the scatter that applies them.
+    When the sum travelled as a dense tensor, `indices` is every index.
+
+    Attributes:
+      applied: the flat indices of THIS replica's residual whose values the sum
+        includes: they, and only they, are zeroed after the step (what is not
+        applied stays in the residual, so nothing is lost).
+      route: how it travelled: "allgather", "leader" or "dense".
+    """
+
+    def __init__(self, values, indices, dense_shape, applied, route):
+        super().__init__(values, indices, dense_shape)
+        self.applied = applied
+        self.route = route
 
 
 def handed_bytes(flat_values, wire_dtype=None):

@@ -1,16 +1,52 @@
-"""`SparseAllGather`: all of a step's compressed gradients in one all-gather.
+"""`SparseAllGather`: DGC's compressed gradients of a step in a few packed collectives.
 
 TensorFlow's `CollectiveAllReduce` sums a `tf.IndexedSlices` by gathering it,
 with a size exchange and padding, one collective group per tensor. DGC's
 gradients don't need that: every replica sends exactly k entries of each
 variable per step, so the layout of a packed buffer is the same everywhere.
-`SparseAllGather` bit-packs the values and indices of all `CompressedGradient`s
-of a step into one float32 buffer, exchanges it with a single raw all-gather
-(no size exchange), and unpacks each replica's entries; the sum of sparse
-contributions is their concatenation. Everything else (dense gradients, the
-optimizer's finite-gradients flag) is all-reduced in packs by the
-`CollectiveAllReduce` it extends, so it is accepted wherever that is, including
-`MultiWorkerMirroredStrategy`, which asserts that type.
+Everything that is not a `CompressedGradient` (dense gradients, the
+optimizer's finite-gradients flag, metrics) is all-reduced in packs by the
+`CollectiveAllReduce` this class extends, so it is accepted wherever that is,
+including `MultiWorkerMirroredStrategy`, which asserts that type.
+
+Each compressed variable travels by one of three routes, chosen per variable
+when the step is traced (`choose_route`), to move the fewest bytes:
+
+* "allgather" (DGC as published, and Horovod's / PaddlePaddle's exchange):
+  every replica's own top-k (values and indices, bit-packed into one float32
+  buffer with every other such variable) in ONE all-gather; the update is the
+  sum of all replicas' entries. Each worker receives `8k(N-1)` bytes: the
+  traffic grows with the number of workers N.
+* "leader" (ScaleCom's cyclic local top-k, Chen et al., NeurIPS 2020): one
+  replica, rotating with the step and the variable, chooses the k indices
+  from its residual; one all-reduce shares them, and a second all-reduces
+  every replica's residual values at those indices. Both are fixed-shape
+  all-reduces of k words, so each worker moves about `16k(N-1)/N` bytes,
+  flat in N. Every replica zeroes exactly the entries that were applied; what
+  it selected but the leader did not stays in its residual, nothing is lost.
+* "dense": the replica's own top-k scattered into a dense tensor and summed by
+  the dense all-reduce: the update of "allgather" exactly, for `8n(N-1)/N`
+  bytes, which is fewer where `kN > n` (warm-up densities, many workers).
+
+Why a leader's indices rather than Ok-Topk's split-and-reduce: TensorFlow's
+`all_to_all_v2` does run across MultiWorkerMirroredStrategy workers on CPU
+(checked with two worker processes), but only with one fixed shape for every
+replica's chunk; the counts of a replica's entries per index region vary, so
+fixed chunks must be padded to a cap (about 2k/N each), and the owners' global
+re-selection must then be all-gathered: at least about 24k bytes per worker
+against the leader route's 16k, for more code and a third collective. The
+leader route needs nothing but all-reduces of fixed shapes.
+
+`exchange` picks the routes allowed: "auto" (default) all three, "leader"
+leader or dense, "allgather" allgather or dense. On equal bytes the order is
+allgather, leader, dense: with 2 replicas "auto" is DGC as published (the
+leader route moves the same bytes there, in two rounds).
+
+`wire_dtype=tf.float16` sends every floating tensor of rank >= 1 in half
+precision: compressed values, dense gradients (Horovod's fp16 compression:
+cast before the all-reduce, summed in float16, cast back after) and the
+optimizer's finite flag; leader indices and scalars (losses, metrics) keep
+their dtype.
 """
 
 import copy
@@ -19,11 +55,12 @@ import itertools
 import tensorflow as tf
 from tensorflow.python.distribute import cross_device_ops as cross_device_ops_lib
 from tensorflow.python.distribute import cross_device_utils
+from tensorflow.python.platform import tf_logging as logging
 from tensorflow.python.util import nest
 
 from dgc_tf import wire
 from dgc_tf.distribute.collective_timeout import warn_if_collective_timeout
-from dgc_tf.distribute.payload import CompressedGradient
+from dgc_tf.distribute.payload import CompressedGradient, ReducedGradient
 
 # Distinct collective group keys for each SparseAllGather built by hand in one
 # process, so that two of them (or one beside a MirroredStrategy's own) never
@@ -31,6 +68,83 @@ from dgc_tf.distribute.payload import CompressedGradient
 GROUP_KEY_STARTS = itertools.count(start=10_000, step=10_000)
 
 WIRE_DTYPES = (None, tf.float16, "float16")
+EXCHANGES = ("auto", "leader", "allgather")
+# Preference on equal bytes: one collective and the published algorithm first.
+ROUTES = ("allgather", "leader", "dense")
+ALLOWED_ROUTES = {"auto": ROUTES, "leader": ("leader", "dense"),
+                  "allgather": ("allgather", "dense")}
+# The leader route's second collective (one more pass around the ring) is
+# charged this many bytes when routes are compared: a rough price of its
+# messages' headers and latency, enough that near-ties (16-bit padding with 2
+# replicas, variables of a few entries) keep the one-round route. For the
+# variables that matter (k in the thousands) it changes nothing.
+SECOND_ROUND_BYTES = 1024
+
+# Leader indices travel as float32 words through an all-reduce to which only
+# the leader contributes non-zero words. `x + 0.0 == x` bit for bit for every
+# normal float, so the sum IS the leader's words; adding 2**23 to an index
+# gives its word an exponent >= 1 (a normal float, never a subnormal, which
+# CPUs running with flush-to-zero would turn into 0). Exact for indices below
+# LEADER_MAX_SIZE (exponent <= 254: never Inf or NaN).
+_INDEX_OFFSET = 1 << 23
+LEADER_MAX_SIZE = 254 << 23
+
+
+def ring_all_reduce_bytes(nbytes, group_size):
+    """Bytes each replica sends (and receives) in a ring all-reduce of `nbytes`."""
+    return 2 * nbytes * (group_size - 1) / group_size
+
+
+def ring_all_gather_bytes(nbytes, group_size):
+    """Bytes each replica sends (and receives) when every replica gathers `nbytes` of each."""
+    return nbytes * (group_size - 1)
+
+
+def route_bytes(route, size, count, group_size, value_bytes, dense_bytes, index_bytes=4):
+    """Bytes one replica puts on the wire for one compressed variable.
+
+    Args:
+      route: "allgather", "leader" or "dense".
+      size: the variable's element count.
+      count: entries selected per replica (int or integer tensor).
+      group_size: replicas in the whole group.
+      value_bytes: bytes per value on the wire (4 for float32, 2 for float16).
+      dense_bytes: bytes per element of the dense route on the wire.
+      index_bytes: bytes per index in the all-gather (4, or 8 for int64).
+    Returns:
+      The bytes, a float or float64 tensor (ring algorithms, no headers).
+    """
+    if route == "allgather":
+        words = (count * value_bytes + 3) // 4 + (count * index_bytes + 3) // 4
+        return ring_all_gather_bytes(4 * words, group_size)
+    if route == "leader":
+        return ring_all_reduce_bytes(count * (4 + value_bytes), group_size)
+    if route == "dense":
+        return ring_all_reduce_bytes(size * dense_bytes, group_size)
+    raise ValueError(f"unknown route {route!r}")
+
+
+def choose_route(exchange, size, max_count, group_size, value_bytes, dense_bytes,
+                 index_bytes=4, leader_possible=True):
+    """The allowed route with the fewest bytes at the largest count (ties: `ROUTES` order).
+
+    Decided at the largest count the variable ever sends, so that no step of
+    its schedule moves more bytes than the dense route would. The leader
+    route pays `SECOND_ROUND_BYTES` for its second collective.
+    """
+    allowed = [r for r in ALLOWED_ROUTES[exchange] if r != "leader" or leader_possible]
+    cost = {r: route_bytes(r, size, max_count, group_size, value_bytes, dense_bytes, index_bytes)
+            + (SECOND_ROUND_BYTES if r == "leader" else 0) for r in allowed}
+    return min(allowed, key=lambda r: (cost[r], ROUTES.index(r)))
+
+
+def check_arguments(wire_dtype, exchange):
+    """A ValueError naming the argument unless both are allowed values."""
+    if wire_dtype not in WIRE_DTYPES:
+        raise ValueError(f"`wire_dtype` must be None or tf.float16, got {wire_dtype!r}.")
+    if exchange not in EXCHANGES:
+        raise ValueError(
+            f"`exchange` must be one of {', '.join(map(repr, EXCHANGES))}, got {exchange!r}.")
 
 
 class SparseAllGather(cross_device_ops_lib.CollectiveAllReduce):
@@ -45,8 +159,14 @@ class SparseAllGather(cross_device_ops_lib.CollectiveAllReduce):
         `timeout_seconds` there is passed on, with a warning: TensorFlow keeps
         a sleeping thread per collective launch for that long (see
         `dgc_tf.distribute.collective_timeout`).
-      wire_dtype: None sends values in the gradient dtype; `tf.float16` halves
-        the value bytes of float32 gradients at float16 precision.
+      wire_dtype: None sends values in their own dtype; `tf.float16` sends
+        every floating tensor of rank >= 1 (compressed values and dense
+        gradients alike) in half precision, summed in float16 by all-reduces.
+      exchange: which routes compressed variables may take (module docstring):
+        "auto" (default: the fewest bytes, flat in the number of workers),
+        "leader" (a rotating leader's indices, values all-reduced) or
+        "allgather" (every replica's own top-k, as published). Each may fall
+        back to a dense all-reduce where that moves fewer bytes.
       collective_keys: internal; `MultiWorkerMirroredStrategy` passes its own.
 
     Example:
@@ -57,9 +177,8 @@ class SparseAllGather(cross_device_ops_lib.CollectiveAllReduce):
     """
 
     def __init__(self, devices=None, group_size=None, options=None, wire_dtype=None,
-                 collective_keys=None, canonicalize_devices=True):
-        if wire_dtype not in WIRE_DTYPES:
-            raise ValueError(f"`wire_dtype` must be None or tf.float16, got {wire_dtype!r}.")
+                 exchange="auto", collective_keys=None, canonicalize_devices=True):
+        check_arguments(wire_dtype, exchange)
         if devices is None:
             devices = [d.name for d in (tf.config.list_logical_devices("GPU")
                                         or tf.config.list_logical_devices("CPU"))]
@@ -73,12 +192,15 @@ class SparseAllGather(cross_device_ops_lib.CollectiveAllReduce):
             options=options or tf.distribute.experimental.CommunicationOptions(),
             collective_keys=collective_keys, canonicalize_devices=canonicalize_devices)
         self.wire_dtype = None if wire_dtype is None else tf.float16
+        self.exchange = exchange
+        # {variable name: route} of the compressed variables, as last traced.
+        self.routes = {}
 
     @classmethod
-    def replacing(cls, collective, wire_dtype=None):
+    def replacing(cls, collective, wire_dtype=None, exchange="auto"):
         """A `SparseAllGather` on the same devices, group and keys as `collective`."""
         return cls(devices=collective._devices, group_size=collective._group_size,
-                   options=collective._options, wire_dtype=wire_dtype,
+                   options=collective._options, wire_dtype=wire_dtype, exchange=exchange,
                    collective_keys=collective._collective_keys,
                    canonicalize_devices=collective._canonicalize_devices)
 
@@ -88,28 +210,131 @@ class SparseAllGather(cross_device_ops_lib.CollectiveAllReduce):
         # return a plain CollectiveAllReduce without the sparse exchange.
         return type(self)(devices=self._devices, group_size=self._group_size,
                           options=self._options, wire_dtype=self.wire_dtype,
+                          exchange=self.exchange,
                           collective_keys=copy.deepcopy(self._collective_keys, memo),
                           canonicalize_devices=self._canonicalize_devices)
 
+    # -- routes and bytes -------------------------------------------------------
+
+    def _travels_as(self, value):
+        """The dtype a dense tensor travels in: `wire_dtype` for floating rank >= 1."""
+        if (self.wire_dtype is not None and isinstance(value, tf.Tensor)
+                and value.dtype.is_floating and value.dtype.size > self.wire_dtype.size
+                and value.shape.rank != 0):
+            return self.wire_dtype
+        return value.dtype
+
+    def route(self, gradient):
+        """The route of one `CompressedGradient` (see the module docstring)."""
+        if gradient.residual is None or gradient.max_count is None:
+            return "allgather"  # pre-masked entries (VGC's, hand-built): as they are
+        size = gradient.residual.shape.num_elements()
+        value_bytes = (self.wire_dtype or gradient.values.dtype).size
+        return choose_route(
+            self.exchange, size, gradient.max_count, self._group_size, value_bytes,
+            value_bytes, gradient.indices.dtype.size,
+            leader_possible=gradient.indices.dtype == tf.int32 and size < LEADER_MAX_SIZE)
+
+    def wire_bytes(self, flat_values):
+        """Bytes a replica puts on the wire when it all-reduces `flat_values` here.
+
+        Ring algorithms, without protocol headers: compressed gradients by their
+        route, everything else as a dense all-reduce in the dtype it travels in.
+        Returns a float64 scalar tensor.
+        """
+        total = tf.constant(0.0, tf.float64)
+        for value in flat_values:
+            if isinstance(value, CompressedGradient):
+                count = tf.size(value.indices, out_type=tf.int64)
+                value_bytes = (self.wire_dtype or value.values.dtype).size
+                size = tf.cast(value.dense_shape[0], tf.int64)
+                nbytes = route_bytes(self.route(value), size, count, self._group_size,
+                                     value_bytes, value_bytes, value.indices.dtype.size)
+            else:
+                nbytes = ring_all_reduce_bytes(
+                    tf.size(value, out_type=tf.int64) * self._travels_as(value).size,
+                    self._group_size)
+            total += tf.cast(nbytes, tf.float64)
+        return total
+
+    def dense_wire_bytes(self, variables):
+        """What a dense all-reduce of `variables`' gradients in their dtype puts on the wire."""
+        return float(ring_all_reduce_bytes(
+            sum(v.shape.num_elements() * v.dtype.size for v in variables), self._group_size))
+
+    # -- the exchange ------------------------------------------------------------
+
     def _all_reduce(self, reduce_op, value, replica_id, options):
         flat = nest.flatten(value)
-        sparse_positions = [i for i, v in enumerate(flat) if isinstance(v, CompressedGradient)]
-        if not sparse_positions or reduce_op != tf.distribute.ReduceOp.SUM:
-            return super()._all_reduce(reduce_op, value, replica_id, options)
-        other_positions = [i for i in range(len(flat)) if i not in set(sparse_positions)]
+        compressed = [i for i, v in enumerate(flat) if isinstance(v, CompressedGradient)]
+        if reduce_op != tf.distribute.ReduceOp.SUM:
+            compressed = []  # a mean of sparse contributions: TensorFlow's own path
+        routes = {i: self.route(flat[i]) for i in compressed}
+        if routes and replica_id == 0:
+            self._record_routes({flat[i].variable_name: r for i, r in routes.items()})
         results = [None] * len(flat)
-        if other_positions:
-            reduced = super()._all_reduce(
-                reduce_op, [flat[i] for i in other_positions], replica_id, options)
-            for position, result in zip(other_positions, reduced):
-                results[position] = result
-        gathered = self._gather_compressed(
-            [flat[i] for i in sparse_positions], replica_id, options)
-        for position, result in zip(sparse_positions, gathered):
-            results[position] = result
+        gathered = [i for i in compressed if routes[i] == "allgather"]
+        for i, result in zip(gathered, self._all_gather_compressed(
+                [flat[i] for i in gathered], replica_id, options)):
+            results[i] = result
+        # The leaders' indices first; then one all-reduce (per dtype) sums the
+        # dense tensors, the dense route's densified entries and the residual
+        # values at the leaders' indices together.
+        led = [i for i in compressed if routes[i] == "leader"]
+        leader_indices = self._share_leader_indices([flat[i] for i in led], replica_id, options)
+        dense = [i for i in range(len(flat)) if i not in routes or routes[i] == "dense"]
+        with tf.device(self._devices[replica_id]):
+            to_reduce = ([self._densify(flat[i]) if i in routes else flat[i] for i in dense]
+                         + [tf.gather(flat[i].residual, idx) for i, idx in zip(led, leader_indices)])
+        if to_reduce:
+            reduced = self._reduce_dense(reduce_op, to_reduce, replica_id, options)
+            for i, result in zip(dense, reduced):
+                results[i] = self._reduced(flat[i], result) if i in routes else result
+            for i, idx, summed in zip(led, leader_indices, reduced[len(dense):]):
+                results[i] = ReducedGradient(tf.cast(summed, flat[i].values.dtype), idx,
+                                             flat[i].dense_shape, applied=idx, route="leader")
         return nest.pack_sequence_as(value, results)
 
-    def _gather_compressed(self, gradients, replica_id, options):
+    def _record_routes(self, routes):
+        if routes != {name: self.routes.get(name) for name in routes}:
+            counts = {r: sum(1 for v in routes.values() if v == r) for r in ROUTES}
+            logging.info("dgc_tf exchange (%s, %d replicas): compressed variables by route: %s",
+                         self.exchange, self._group_size,
+                         ", ".join(f"{r} {n}" for r, n in counts.items() if n))
+        self.routes.update(routes)
+
+    def _reduce_dense(self, reduce_op, values, replica_id, options):
+        """TensorFlow's packed all-reduce, one per dtype, in `wire_dtype` where that applies."""
+        dtypes = [self._travels_as(v) for v in values]
+        results = [None] * len(values)
+        for dtype in dict.fromkeys(dtypes):
+            group = [i for i, d in enumerate(dtypes) if d == dtype]
+            with tf.device(self._devices[replica_id]):
+                cast = [tf.cast(values[i], dtype) if values[i].dtype != dtype else values[i]
+                        for i in group]
+            reduced = super()._all_reduce(reduce_op, cast, replica_id, options)
+            with tf.device(self._devices[replica_id]):
+                for i, r in zip(group, reduced):
+                    results[i] = tf.cast(r, values[i].dtype) if values[i].dtype != dtype else r
+        return results
+
+    def _densify(self, gradient):
+        """A replica's own entries as a dense flat tensor (no index repeats within one)."""
+        size = gradient.residual.shape.num_elements()
+        return tf.scatter_nd(tf.cast(gradient.indices[:, None], tf.int64), gradient.values,
+                             [size])
+
+    @staticmethod
+    def _reduced(gradient, dense_sum):
+        """The dense route's sum, as entries at every index."""
+        indices = tf.range(tf.size(dense_sum, out_type=gradient.indices.dtype))
+        return ReducedGradient(dense_sum, indices, gradient.dense_shape,
+                               applied=gradient.indices, route="dense")
+
+    def _all_gather_compressed(self, gradients, replica_id, options):
+        """Every replica's own entries, bit-packed into one buffer, in one all-gather."""
+        if not gradients:
+            return []
         pieces, specs = [], []
         for gradient in gradients:
             values = gradient.values
@@ -128,5 +353,26 @@ class SparseAllGather(cross_device_ops_lib.CollectiveAllReduce):
         for i, gradient in enumerate(gradients):
             values = tf.cast(tf.reshape(received[2 * i], [-1]), gradient.values.dtype)
             indices = tf.reshape(received[2 * i + 1], [-1])
-            results.append(tf.IndexedSlices(values, indices, gradient.dense_shape))
+            results.append(ReducedGradient(values, indices, gradient.dense_shape,
+                                           applied=gradient.indices, route="allgather"))
         return results
+
+    def _share_leader_indices(self, gradients, replica_id, options):
+        """Each variable's leader's indices, to every replica, in one all-reduce.
+
+        Variable j of this call is led at step s by replica `(s + j) % N`, so
+        that the leaders of a step's variables are spread over the replicas.
+        """
+        if not gradients:
+            return []
+        with tf.device(self._devices[replica_id]):
+            words = []
+            for j, gradient in enumerate(gradients):
+                leader = tf.cast((gradient.step + j) % self._group_size, tf.int32)
+                mine = tf.equal(tf.cast(gradient.replica_rank, tf.int32), leader)
+                encoded = tf.bitcast(gradient.indices + _INDEX_OFFSET, tf.float32)
+                words.append(tf.where(mine, encoded, tf.zeros_like(encoded)))
+            counts = [tf.size(w) for w in words]
+            shared = self._launchers[replica_id].all_reduce(tf.concat(words, 0), options=options)
+            shared = tf.split(shared, tf.stack(counts), num=len(words))
+            return [tf.bitcast(w, tf.int32) - _INDEX_OFFSET for w in shared]

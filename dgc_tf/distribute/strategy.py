@@ -17,28 +17,31 @@ from dgc_tf.distribute.sparse_all_gather import SparseAllGather
 
 class _SparseExchangeExtended(mwms_lib.CollectiveAllReduceExtended):
     def __init__(self, container_strategy, cluster_resolver, communication_options,
-                 wire_dtype=None, devices=None):
-        self._dgc_wire_dtype = wire_dtype
+                 wire_dtype=None, exchange="auto", devices=None):
+        self._dgc_exchange_args = dict(wire_dtype=wire_dtype, exchange=exchange)
         super().__init__(container_strategy, cluster_resolver=cluster_resolver,
                          communication_options=communication_options, devices=devices)
 
     def _initialize_local(self, cluster_resolver, devices=None):
         super()._initialize_local(cluster_resolver, devices=devices)
         self._cross_device_ops = SparseAllGather.replacing(
-            self._cross_device_ops, wire_dtype=self._dgc_wire_dtype)
+            self._cross_device_ops, **self._dgc_exchange_args)
 
     def _initialize_multi_worker(self, cluster_resolver):
         super()._initialize_multi_worker(cluster_resolver)
         self._cross_device_ops = SparseAllGather.replacing(
-            self._cross_device_ops, wire_dtype=self._dgc_wire_dtype)
+            self._cross_device_ops, **self._dgc_exchange_args)
 
 
 class MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
     """`tf.distribute.MultiWorkerMirroredStrategy` exchanging DGC gradients sparsely.
 
-    With `dgc_tf.DGCSGD`, all compressed gradients of a step travel in one
-    packed all-gather; dense gradients are all-reduced as usual. Other
-    optimizers train exactly as under TensorFlow's strategy.
+    With `dgc_tf.DGCSGD`, the compressed gradients of a step travel in a few
+    packed collectives whose size stays flat as workers are added (see
+    `SparseAllGather`); dense gradients are all-reduced as usual. Other
+    optimizers train exactly as under TensorFlow's strategy (with
+    `wire_dtype=tf.float16`, their gradients are all-reduced in half precision:
+    a 16-bit dense baseline, like Horovod's fp16 compression).
 
     Args:
       cluster_resolver: as for TensorFlow's strategy (default: `TF_CONFIG`).
@@ -46,16 +49,29 @@ class MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
         TensorFlow's defaults when None. No collective timeout is needed to
         report a dead worker (the coordination service's heartbeats do), and
         one is warned about: see `dgc_tf.distribute.collective_timeout`.
-      wire_dtype: None or `tf.float16` (values on the wire in half precision).
+      wire_dtype: None or `tf.float16`: every floating gradient tensor on the
+        wire (compressed values and dense gradients) in half precision.
+      exchange: "auto" (default), "leader" or "allgather": the routes a
+        compressed variable may take; see `SparseAllGather`.
     """
 
-    def __init__(self, cluster_resolver=None, communication_options=None, wire_dtype=None):
+    def __init__(self, cluster_resolver=None, communication_options=None, wire_dtype=None,
+                 exchange="auto"):
+        # Before TensorFlow's strategy waits for the other workers.
+        sparse_all_gather.check_arguments(wire_dtype, exchange)
         if communication_options is None:
             communication_options = tf.distribute.experimental.CommunicationOptions()
         # TensorFlow's __init__ would build the stock extended object; build ours.
         distribute_lib.Strategy.__init__(self, _SparseExchangeExtended(
             self, cluster_resolver=cluster_resolver,
-            communication_options=communication_options, wire_dtype=wire_dtype))
+            communication_options=communication_options, wire_dtype=wire_dtype,
+            exchange=exchange))
+
+    @property
+    def exchange_routes(self):
+        """`{variable name: "allgather" | "leader" | "dense"}` of the compressed
+        variables, as the last traced step routed them (see `SparseAllGather`)."""
+        return dict(self.extended._cross_device_ops.routes)
 
     def reduce(self, reduce_op, value, axis):
         """`tf.distribute.Strategy.reduce`, also for what Keras 3's `fit` passes.
@@ -77,7 +93,8 @@ class MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
         return super().reduce(reduce_op, value, axis)
 
     @classmethod
-    def _from_local_devices(cls, devices, communication_options=None, wire_dtype=None):
+    def _from_local_devices(cls, devices, communication_options=None, wire_dtype=None,
+                            exchange="auto"):
         """A single-worker strategy over `devices` (tests, notebooks).
 
         Its collective keys start at a fresh base, so that it can share a
@@ -89,5 +106,5 @@ class MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
             obj, cluster_resolver=None,
             communication_options=communication_options
             or tf.distribute.experimental.CommunicationOptions(),
-            wire_dtype=wire_dtype, devices=devices))
+            wire_dtype=wire_dtype, exchange=exchange, devices=devices))
         return obj

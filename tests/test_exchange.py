@@ -1,0 +1,255 @@
+"""The exchange's routes (a leader's indices, own top-k gathered, dense) and the fp16 dense baseline.
+
+Against the NumPy reference (tests/dgc_reference.py, `exchange="leader"` for the
+leader's semantics), the conservation of pending gradient, identical replicas,
+the byte counts and the route choice; 2 replicas in this process, 4 in a
+subprocess (where "auto" takes the leader route).
+"""
+
+import functools
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import dgc_tf.keras3
+from dgc_tf.distribute import MultiWorkerMirroredStrategy, SparseAllGather
+from dgc_tf.distribute import sparse_all_gather as exchange_lib
+from dgc_tf.compression import WARMUP_DENSITIES, num_selected
+from tests import harness
+from tests.dgc_reference import DGCReference
+from tests.test_distribute import collective_ops
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEVICES = [f"/cpu:{i}" for i in range(harness.NUM_REPLICAS)]
+SHAPES = [(40, 50), (8, 200), (50,), (10, 10)]
+
+
+@functools.lru_cache(maxsize=None)
+def strategy(exchange, wire_dtype=None):
+    return tf.distribute.MirroredStrategy(DEVICES, cross_device_ops=SparseAllGather(
+        DEVICES, wire_dtype=wire_dtype, exchange=exchange))
+
+
+def per_replica_grads(rng, shapes, replicas=harness.NUM_REPLICAS):
+    return [[rng.normal(size=s).astype(np.float32) / replicas for s in shapes]
+            for _ in range(replicas)]
+
+
+# -- the route choice ------------------------------------------------------------------------
+
+def route(exchange, size, density, workers, value_bytes=4):
+    return exchange_lib.choose_route(exchange, size, num_selected(size, density), workers,
+                                     value_bytes, value_bytes)
+
+
+def test_auto_takes_the_leader_route_from_three_workers_and_allgather_with_two():
+    assert route("auto", 4_194_304, 0.001, 2) == "allgather"
+    for workers in (3, 4, 8, 64):
+        assert route("auto", 4_194_304, 0.001, workers) == "leader"
+    assert route("allgather", 4_194_304, 0.001, 8) == "allgather"
+    # A user's density over 1/2: a dense all-reduce moves fewer bytes than any sparse route.
+    assert route("leader", 4_194_304, 0.6, 8) == "dense"
+
+
+@pytest.mark.parametrize("exchange", exchange_lib.EXCHANGES)
+@pytest.mark.parametrize("value_bytes", [4, 2])
+def test_no_route_moves_more_than_dense_at_any_warmup_density_or_worker_count(exchange,
+                                                                               value_bytes):
+    for size in (1024, 100_000, 4_194_304):
+        for workers in (2, 3, 4, 8, 16, 64, 256):
+            for density in WARMUP_DENSITIES + (0.001,):
+                k = num_selected(size, density)
+                chosen = exchange_lib.choose_route(exchange, size, k, workers, value_bytes,
+                                                   value_bytes)
+                moved = exchange_lib.route_bytes(chosen, size, k, workers, value_bytes,
+                                                 value_bytes)
+                dense = exchange_lib.route_bytes("dense", size, k, workers, value_bytes,
+                                                 value_bytes)
+                assert moved <= dense, (exchange, size, workers, density, chosen)
+    # Today's all-gather at 25% density and 8 workers would move 3.5x dense: it goes dense.
+    assert route("allgather", 4_194_304, 0.25, 8) == "dense"
+    assert route("auto", 4_194_304, 0.25, 8) == "leader"
+
+
+def test_leader_bytes_stay_flat_as_workers_grow():
+    size, k = 6_300_000, 6300
+    leader = [exchange_lib.route_bytes("leader", size, k, n, 4, 4) for n in (2, 8, 64)]
+    gather = [exchange_lib.route_bytes("allgather", size, k, n, 4, 4) for n in (2, 8, 64)]
+    assert max(leader) <= 2 * 8 * k  # 16k (N-1)/N
+    assert gather[-1] == 8 * k * 63
+    dense = exchange_lib.route_bytes("dense", size, k, 8, 4, 4)
+    assert dense / leader[1] > 450  # the model's wire ratio at 8 workers, 99.9% sparsity
+
+
+def test_exchange_argument_is_validated_before_connecting():
+    with pytest.raises(ValueError, match="`exchange` must be one of 'auto', 'leader', "
+                                         "'allgather', got 'ring'"):
+        SparseAllGather(DEVICES, exchange="ring")
+    # No TF_CONFIG cluster is reachable here: the error must come first.
+    with pytest.raises(ValueError, match="`exchange`"):
+        MultiWorkerMirroredStrategy(exchange="alltoall")
+
+
+# -- the leader route against the reference, conservation, identical replicas -----------------
+
+LEADER_CASES = {
+    "momentum": dict(momentum=0.9, compress_ratio=0.01),
+    "nesterov": dict(momentum=0.9, nesterov=True, compress_ratio=0.01),
+    "no_masking": dict(momentum=0.9, compress_ratio=0.01, momentum_masking=False),
+    "warmup": dict(momentum=0.9, compress_ratio=0.001, warmup_steps=4),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LEADER_CASES))
+def test_leader_route_matches_reference_step_by_step(case):
+    kwargs = dict(LEADER_CASES[case], learning_rate=0.1)
+    rng = np.random.default_rng(sum(map(ord, case)))
+    weights = [rng.normal(size=s).astype(np.float32) for s in SHAPES]
+    run = harness.Run("keras3", dgc_tf.keras3.DGCSGD, kwargs, weights,
+                      strategy=strategy("leader"))
+    reference = DGCReference(SHAPES, harness.NUM_REPLICAS, dtype=np.float32, exchange="leader",
+                             **kwargs)
+    expected = [w.copy() for w in weights]
+    for step in range(6):
+        grads = per_replica_grads(rng, SHAPES)
+        run.apply(grads)
+        expected = reference.step(expected, grads)
+        for j, (got, want) in enumerate(zip(run.weights(), expected)):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5,
+                                       err_msg=f"{case}: weights {j}, step {step}")
+        for j in (0, 1):
+            slot = run.optimizer._dgc_slots.at(j)
+            for replica, got in enumerate(harness.local_values(slot.residual)):
+                np.testing.assert_allclose(got, reference.v[replica][j], rtol=1e-5, atol=1e-5,
+                                           err_msg=f"{case}: residual {j}/{replica}, {step}")
+            for replica, got in enumerate(harness.local_values(slot.momentum)):
+                np.testing.assert_allclose(got, reference.u[replica][j], rtol=1e-5, atol=1e-5,
+                                           err_msg=f"{case}: momentum {j}/{replica}, {step}")
+    routes = run.strategy.extended._cross_device_ops.routes
+    assert sorted(routes) == ["w0:0", "w1:0"] and set(routes.values()) == {"leader"}, routes
+
+
+@pytest.mark.parametrize("exchange", ["leader", "allgather"])
+def test_nothing_is_lost_and_replicas_stay_identical(exchange):
+    """momentum 0: pending over replicas + applied == every gradient, per element."""
+    lr = 0.5
+    rng = np.random.default_rng(7)
+    weights = [rng.normal(size=s).astype(np.float32) for s in SHAPES]
+    run = harness.Run("keras3", dgc_tf.keras3.DGCSGD,
+                      dict(learning_rate=lr, momentum=0.0, compress_ratio=0.02), weights,
+                      strategy=strategy(exchange))
+    total = [np.zeros(s, np.float64) for s in SHAPES]
+    for _ in range(5):
+        grads = per_replica_grads(rng, SHAPES)
+        run.apply(grads)
+        for replica_grads in grads:
+            for j, g in enumerate(replica_grads):
+                total[j] += g
+        for variable in run.variables:  # mirrored weights: bit for bit the same everywhere
+            copies = harness.local_values(variable.value)
+            assert all(np.array_equal(copies[0], c) for c in copies[1:])
+    for j in (0, 1):
+        applied = (weights[j].astype(np.float64) - run.weights()[j]) / lr
+        pending = sum(harness.local_values(run.optimizer._dgc_slots.at(j).residual))
+        np.testing.assert_allclose(pending + applied, total[j], rtol=1e-4, atol=1e-4)
+        if exchange == "leader":
+            # Each replica kept entries of its own that the leader did not pick.
+            assert all(np.count_nonzero(v) > 0.5 * v.size
+                       for v in harness.local_values(run.optimizer._dgc_slots.at(j).residual))
+
+
+FOUR_REPLICAS = textwrap.dedent("""
+    import numpy as np, tensorflow as tf
+    from tests import harness  # configures 2 logical CPUs when imported: 4 here, after it
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 4)
+    import dgc_tf.keras3
+    from dgc_tf.distribute import SparseAllGather
+    from dgc_tf.distribute import sparse_all_gather as lib
+    from tests.dgc_reference import DGCReference
+    devices = [f"/cpu:{i}" for i in range(4)]
+    shapes = [(256, 256), (64, 300), (300,)]
+    kwargs = dict(learning_rate=0.1, momentum=0.9, compress_ratio=0.01)
+    rng = np.random.default_rng(11)
+    weights = [rng.normal(size=s).astype(np.float32) for s in shapes]
+    strategy = tf.distribute.MirroredStrategy(devices, cross_device_ops=SparseAllGather(devices))
+    run = harness.Run("keras3", dgc_tf.keras3.DGCSGD, kwargs, weights, strategy=strategy)
+    reference = DGCReference(shapes, 4, dtype=np.float32, exchange="leader", **kwargs)
+    expected = [w.copy() for w in weights]
+    for step in range(4):
+        grads = [[rng.normal(size=s).astype(np.float32) / 4 for s in shapes] for _ in range(4)]
+        run.apply(grads)
+        expected = reference.step(expected, grads)
+        for got, want in zip(run.weights(), expected):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        for j in (0, 1):
+            residuals = harness.local_values(run.optimizer._dgc_slots.at(j).residual)
+            for replica in range(4):
+                np.testing.assert_allclose(residuals[replica], reference.v[replica][j],
+                                           rtol=1e-5, atol=1e-5)
+    ops = strategy.extended._cross_device_ops
+    assert sorted(ops.routes.values()) == ["leader", "leader"], ops.routes
+    k = [656, 192]
+    expected_bytes = sum(lib.route_bytes("leader", 0, n, 4, 4, 4) for n in k)
+    expected_bytes += lib.ring_all_reduce_bytes(4 * (300 + 1), 4)  # the bias and the flag
+    stats = run.optimizer.compression_stats()
+    assert abs(stats["last_bytes_sent"] - expected_bytes) < 1e-6, (stats, expected_bytes)
+    print("OK", stats["compression_ratio"])
+""")
+
+
+def test_four_replicas_auto_takes_the_leader_route_and_matches_reference():
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", FOUR_REPLICAS], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1].startswith("OK")
+
+
+def test_dense_route_is_the_allgather_update_exactly():
+    """Density 0.6 with 2 replicas: the own top-k travel densely, with the same update."""
+    kwargs = dict(learning_rate=0.1, momentum=0.9, compress_ratio=0.6)
+    rng = np.random.default_rng(3)
+    weights = [rng.normal(size=s).astype(np.float32) for s in SHAPES]
+    run = harness.Run("keras3", dgc_tf.keras3.DGCSGD, kwargs, weights,
+                      strategy=strategy("allgather"))
+    reference = DGCReference(SHAPES, harness.NUM_REPLICAS, dtype=np.float32, **kwargs)
+    expected = [w.copy() for w in weights]
+    grads = per_replica_grads(rng, SHAPES)
+    kinds = {op.type for op in collective_ops(run, grads, DEVICES[0])}
+    assert kinds == {"CollectiveReduceV2"}, kinds
+    for _ in range(3):
+        run.apply(grads)
+        expected = reference.step(expected, grads)
+        grads = per_replica_grads(rng, SHAPES)
+    for got, want in zip(run.weights(), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert set(run.strategy.extended._cross_device_ops.routes.values()) == {"dense"}
+
+
+# -- the 16-bit dense baseline -----------------------------------------------------------------
+
+def test_float16_wire_all_reduces_plain_sgd_gradients_in_half_precision():
+    import keras
+
+    rng = np.random.default_rng(4)
+    weights = [rng.normal(size=s).astype(np.float32) for s in SHAPES]
+    half = harness.Run("keras3", keras.optimizers.SGD, dict(learning_rate=0.1, momentum=0.9),
+                       weights, strategy=strategy("auto", tf.float16))
+    full = harness.Run("keras3", keras.optimizers.SGD, dict(learning_rate=0.1, momentum=0.9),
+                       weights, strategy=strategy("auto"))
+    grads = per_replica_grads(rng, SHAPES)
+    reduced = [op.inputs[0] for op in collective_ops(half, grads, DEVICES[0])]
+    assert reduced and all(t.dtype == tf.float16 for t in reduced), reduced
+    assert sum(t.shape.num_elements() for t in reduced) == sum(np.prod(s) for s in SHAPES)
+    for _ in range(3):
+        half.apply(grads)
+        full.apply(grads)
+    for a, b in zip(half.weights(), full.weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-2, atol=2e-3)
+        assert not np.array_equal(a, b)  # it did travel in half precision
