@@ -16,6 +16,7 @@ new process with no `custom_objects`.
 import importlib
 import importlib.util
 import os
+import sys
 
 __version__ = "0.1.0"
 
@@ -54,7 +55,16 @@ def __getattr__(name):
 _SERIALIZABLE_MODULES = {"keras": ("dgc_tf.keras3", "dgc_tf.vgc.keras3"), "tf_keras": ("dgc_tf.tf_keras",)}
 
 
+def _is_the_launcher():
+    """True in `python -m dgc_tf.launch`, which imports this package first: the
+    launcher only starts worker processes and should not import TensorFlow."""
+    argv = list(getattr(sys, "orig_argv", ()))
+    return any(a == "-m" and argv[i + 1:i + 2] == ["dgc_tf.launch"] for i, a in enumerate(argv))
+
+
 def _register_serializables():
+    if _is_the_launcher():
+        return
     for package, modules in _SERIALIZABLE_MODULES.items():
         if importlib.util.find_spec(package) is None:
             continue  # that flavour is not installed

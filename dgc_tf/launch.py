@@ -20,8 +20,13 @@ environment:
 * ``DGC_TF_WORKER_INDEX`` (0 .. N-1) and ``DGC_TF_NUM_WORKERS`` (N);
 * ``PYTHONUNBUFFERED=1``, so output arrives line by line.
 
-Each line a worker writes (stdout and stderr merged) is printed prefixed with
-``[worker i] ``; the launcher's own messages start with ``[launch] ``.
+Output: worker 0 (the chief) is streamed, each line prefixed with
+``[worker 0] ``; every other worker's output (stdout and stderr merged) goes to
+``worker-i.log`` in a log directory (``--log-dir``, else a new temporary one),
+whose paths the launcher prints first, so that progress bars do not interleave
+into unreadable lines. ``--stream-all`` streams every worker, prefixed with
+``[worker i] ``. When a worker whose output went to a file fails, its last
+lines are printed. The launcher's own messages start with ``[launch] ``.
 
 Exit status: 0 when every worker exits 0. When a worker fails, the launcher
 sends SIGTERM to the others, SIGKILL after ``--grace`` seconds (default 10),
@@ -39,6 +44,8 @@ Options::
     --host HOST       address in TF_CONFIG, default 127.0.0.1
     --port-base P     use ports P .. P+N-1 instead of free ones
     --grace SECONDS   time between SIGTERM/SIGINT and SIGKILL, default 10
+    --stream-all      stream every worker's output, not only the chief's
+    --log-dir DIR     where the other workers' ``worker-i.log`` files go
 
 Two machines by hand: run the same script on each machine, with the same
 cluster list and a different task index, and with the ports open between
@@ -70,6 +77,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -78,6 +86,7 @@ __all__ = ["launch", "main", "free_ports", "tf_config"]
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_GRACE = 10.0
 INTERRUPTED_EXIT_CODE = 130
+FAILURE_TAIL_LINES = 30  # lines of a failed worker's log file shown on the stream
 _POLL_S = 0.05
 
 
@@ -163,9 +172,14 @@ def _code_for(returncode):
 class _Output:
     """Serialises prefixed lines from the reader threads onto one stream."""
 
-    def __init__(self, stream):
+    def __init__(self, stream, owns_stream=False):
         self._stream = stream
         self._lock = threading.Lock()
+        self.owns_stream = owns_stream
+
+    def close(self):
+        with self._lock:
+            self._stream.close()
 
     def write_line(self, text):
         with self._lock:
@@ -177,9 +191,13 @@ class _Output:
 
 
 def _pump(proc, prefix, out):
-    for raw in iter(proc.stdout.readline, b""):
-        out.write_line(prefix + raw.decode("utf-8", errors="replace"))
-    proc.stdout.close()
+    try:
+        for raw in iter(proc.stdout.readline, b""):
+            out.write_line(prefix + raw.decode("utf-8", errors="replace"))
+    finally:
+        proc.stdout.close()
+        if out.owns_stream:
+            out.close()
 
 
 class _SignalFlag:
@@ -210,8 +228,24 @@ class _SignalFlag:
         return False
 
 
+def _log_path(log_dir, index):
+    return os.path.join(log_dir, f"worker-{index}.log")
+
+
+def _show_tail(path, index, out, lines=FAILURE_TAIL_LINES):
+    """Copies the last `lines` lines of a worker's log file onto the stream."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            tail = f.read().splitlines()[-lines:]
+    except OSError:
+        return
+    out.write_line(f"[launch] last {len(tail)} lines of {path}:")
+    for line in tail:
+        out.write_line(f"[worker {index}] {line}")
+
+
 def launch(script, args=(), workers=2, env=None, grace=DEFAULT_GRACE, output=None,
-           host=DEFAULT_HOST, port_base=None):
+           host=DEFAULT_HOST, port_base=None, stream_all=False, log_dir=None):
     """Run `script` in `workers` local worker processes; return the exit code.
 
     Args:
@@ -226,6 +260,10 @@ def launch(script, args=(), workers=2, env=None, grace=DEFAULT_GRACE, output=Non
       host: address the workers' TF_CONFIG uses.
       port_base: if given, worker i gets port `port_base + i`; otherwise free
         ports are picked.
+      stream_all: stream every worker's output onto `output`; by default only
+        worker 0's is, and worker i's goes to `log_dir/worker-i.log`.
+      log_dir: directory for those files (created if needed); a new temporary
+        directory by default. Its paths are printed before the workers start.
 
     Returns:
       0 if every worker exited 0; the first failed worker's exit code (128 +
@@ -250,6 +288,14 @@ def launch(script, args=(), workers=2, env=None, grace=DEFAULT_GRACE, output=Non
             raise ValueError(f"ports {port_base}..{port_base + workers - 1} are out of range")
         ports = [port_base + i for i in range(workers)]
     addresses = [_address(host, p) for p in ports]
+    log_paths = {}
+    if not stream_all and workers > 1:
+        if log_dir is None:
+            log_dir = tempfile.mkdtemp(prefix="dgc_tf_launch_")
+        os.makedirs(log_dir, exist_ok=True)
+        log_paths = {i: _log_path(log_dir, i) for i in range(1, workers)}
+        for i, path in log_paths.items():
+            out.write_line(f"[launch] worker {i} output: {path}")
 
     base_env = dict(os.environ)
     for key, value in (env or {}).items():
@@ -276,7 +322,12 @@ def launch(script, args=(), workers=2, env=None, grace=DEFAULT_GRACE, output=Non
                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                     start_new_session=True)
                 procs.append(proc)
-                t = threading.Thread(target=_pump, args=(proc, f"[worker {i}] ", out),
+                if i in log_paths:
+                    sink = _Output(open(log_paths[i], "w", encoding="utf-8"), owns_stream=True)
+                    prefix = ""
+                else:
+                    sink, prefix = out, f"[worker {i}] "
+                t = threading.Thread(target=_pump, args=(proc, prefix, sink),
                                      name=f"dgc_tf.launch-worker-{i}", daemon=True)
                 t.start()
                 readers.append(t)
@@ -313,6 +364,8 @@ def launch(script, args=(), workers=2, env=None, grace=DEFAULT_GRACE, output=Non
                 _stop(procs, None, 0.0, flag)
             for t in readers:
                 t.join(timeout=5.0)
+            if failed is not None and failed[0] in log_paths:
+                _show_tail(log_paths[failed[0]], failed[0], out)
 
     if interrupted:
         return INTERRUPTED_EXIT_CODE
@@ -377,7 +430,7 @@ def _port(text):
     return value
 
 
-_VALUE_OPTIONS = ("--workers", "--host", "--grace", "--port-base")
+_VALUE_OPTIONS = ("--workers", "--host", "--grace", "--port-base", "--log-dir")
 
 
 def _parser():
@@ -395,6 +448,11 @@ def _parser():
     p.add_argument("--grace", type=_non_negative_float, default=DEFAULT_GRACE,
                    metavar="SECONDS",
                    help=f"seconds before SIGKILL when stopping workers (default {DEFAULT_GRACE:g})")
+    p.add_argument("--stream-all", action="store_true",
+                   help="stream every worker's output (default: worker 0's; the others "
+                        "write worker-i.log files whose paths are printed)")
+    p.add_argument("--log-dir", default=None, metavar="DIR",
+                   help="directory for the worker-i.log files (default: a new temporary one)")
     p.add_argument("script", nargs="?", help="Python script each worker runs")
     p.add_argument("args", nargs="*", help="arguments for the script")
     return p
@@ -432,7 +490,8 @@ def main(argv=None):
         parser.error(f"argument --port-base: ports {port_base}..{port_base + ns.workers - 1} "
                      f"exceed 65535")
     return launch(command[0], command[1:], workers=ns.workers, grace=ns.grace,
-                  host=ns.host, port_base=port_base)
+                  host=ns.host, port_base=port_base, stream_all=ns.stream_all,
+                  log_dir=ns.log_dir)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -93,3 +94,77 @@ def test_empty_device_list_means_the_cpu_as_for_mirrored_strategy():
     expected = [local(d.name) for d in mirrored_strategy.all_local_devices()]
     ops = dgc_tf.distribute.SparseAllGather([])
     assert [local(d) for d in ops._devices] == expected
+
+
+def _tiny_model(flavour, optimizer):
+    keras = harness.keras_module(flavour)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((40,)), keras.layers.Dense(32), keras.layers.Dense(3)])
+    extra = {"jit_compile": False} if flavour == "keras3" else {}
+    model.compile(optimizer=optimizer, loss="mse", **extra)
+    return model
+
+
+def _arrays(n=64):
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(n, 40)).astype("float32"), rng.normal(size=(n, 3)).astype("float32")
+
+
+@pytest.mark.parametrize("flavour", harness.FLAVOURS)
+def test_skipped_steps_warn_once_with_the_count_and_reach_the_logs(flavour):
+    import dgc_tf.callbacks
+
+    x, y = _arrays()
+    x[16:32] = np.nan  # the second and fourth of four batches give NaN gradients
+    x[48:] = np.inf
+    model = _tiny_model(flavour, harness.optimizer_class(flavour)(
+        learning_rate=0.01, min_compress_size=64))
+    callback = (dgc_tf.callbacks.KerasCompressionStats if flavour == "keras3"
+                else dgc_tf.callbacks.TfKerasCompressionStats)()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0,
+                            callbacks=[callback])
+    skipped = [str(w.message) for w in caught if "skipped" in str(w.message)]
+    assert len(skipped) == 1, skipped
+    assert "1 training step(s)" in skipped[0]
+    assert history.history["dgc_skipped_steps"] == [2, 4]
+    assert int(model.optimizer.skipped_steps.numpy()) == 4
+
+
+def test_compression_stats_callback_works_for_vgc():
+    import keras
+
+    import dgc_tf.callbacks
+    import dgc_tf.vgc
+
+    x, y = _arrays()
+    model = _tiny_model("keras3", dgc_tf.vgc.VGCSGD(learning_rate=0.01, min_compress_size=64))
+    dgc_tf.vgc.use_micro_batch_step(model, 2)
+    history = model.fit(x, y, batch_size=16, epochs=2, verbose=0,
+                        callbacks=[dgc_tf.callbacks.KerasCompressionStats()])
+    stats = model.optimizer.compression_stats()
+    assert history.history["dgc_density"][-1] == pytest.approx(stats["density"])
+    assert 0 < stats["density"] <= 1
+    assert history.history["dgc_bytes_sent"][-1] == stats["last_bytes_sent"]
+    assert history.history["dgc_skipped_steps"] == [0, 0]
+    assert isinstance(model.optimizer, keras.optimizers.Optimizer)
+
+
+def test_strategy_after_another_tensorflow_call_says_what_to_do():
+    """Building data first and the strategy second fails on every worker; the error
+    must say to create the strategy first (TensorFlow's names neither)."""
+    from dgc_tf.launch import free_ports, tf_config
+
+    ports = free_ports(2)
+    config = json.dumps(tf_config([f"127.0.0.1:{p}" for p in ports], 0))
+    out = run_python("""
+        import tensorflow as tf
+        import dgc_tf.distribute
+        dataset = tf.data.Dataset.from_tensor_slices(tf.zeros([8, 2]))
+        try:
+            dgc_tf.distribute.MultiWorkerMirroredStrategy()
+        except RuntimeError as e:
+            print("ERROR", e)
+    """, {"TF_CONFIG": config}, timeout=120)
+    assert "must be created before any other TensorFlow call" in out, out

@@ -137,7 +137,7 @@ def test_tf_config_env_and_prefixed_output(tmp_path, procs):
     ''')
     out = io.StringIO()
     code = launch_mod.launch(script, args=[procs.piddir, "--workers", "7", "--"], workers=3,
-                             env={"EXTRA_VAR": "x"}, grace=5.0, output=out)
+                             env={"EXTRA_VAR": "x"}, grace=5.0, output=out, stream_all=True)
     assert code == 0, out.getvalue()
     lines = out.getvalue().splitlines()
     configs = {}
@@ -165,12 +165,33 @@ def test_tf_config_env_and_prefixed_output(tmp_path, procs):
         assert c["argv"] == ["--workers", "7", "--"]
 
 
+def test_by_default_the_chief_streams_and_the_others_write_files(tmp_path, procs):
+    """Readable by default: only worker 0's lines on the stream; the others' output
+    is in files whose paths are printed before the workers start."""
+    script = _script(tmp_path, '''
+        for step in range(3):
+            print(f"worker {INDEX} step {step}", flush=True)
+    ''')
+    p = procs.spawn(_cli("--workers", "3", "--log-dir", str(tmp_path / "logs"),
+                         script, procs.piddir))
+    out, _ = p.communicate(timeout=30)
+    assert p.returncode == 0, out
+    lines = out.splitlines()
+    assert [l for l in lines if l.startswith("[worker")] == [
+        f"[worker 0] worker 0 step {s}" for s in range(3)]
+    for i in (1, 2):
+        path = str(tmp_path / "logs" / f"worker-{i}.log")
+        assert f"[launch] worker {i} output: {path}" in lines
+        with open(path) as f:
+            assert f.read().splitlines() == [f"worker {i} step {s}" for s in range(3)]
+
+
 def test_cli_all_succeed_port_base_and_script_args(tmp_path, procs):
     script = _script(tmp_path, '''
         print("TF_CONFIG " + os.environ["TF_CONFIG"])
         print("ARGV " + json.dumps(sys.argv[2:]))
     ''')
-    p = procs.spawn(_cli("--workers", "2", "--port-base", "45100", "--",
+    p = procs.spawn(_cli("--workers", "2", "--port-base", "45100", "--stream-all", "--",
                          script, procs.piddir, "--workers", "5", "--", "-x"))
     out, _ = p.communicate(timeout=30)
     assert p.returncode == 0, out
@@ -242,7 +263,7 @@ def test_interrupt_is_forwarded(tmp_path, procs, sig):
             print("got KeyboardInterrupt", flush=True)
             sys.exit(1)
     ''')
-    p = procs.spawn(_cli("--workers", "2", "--grace", "10", script, procs.piddir))
+    p = procs.spawn(_cli("--workers", "2", "--grace", "10", "--stream-all", script, procs.piddir))
     ready = [os.path.join(procs.piddir, f"ready{i}") for i in range(2)]
     assert _wait_for(lambda: all(map(os.path.exists, ready)), 30), "workers did not start"
     start = time.monotonic()
