@@ -38,6 +38,17 @@ exits 130; a second Ctrl-C kills at once. Every worker runs in its own
 session and process group; on exit the launcher signals those groups (and
 nothing else) and reaps its children, so no worker outlives it.
 
+Network isolation: TensorFlow's gRPC server listens on every interface
+(``0.0.0.0:port``), whatever address TF_CONFIG names, and a TensorFlow worker
+runs whatever graph it is sent, without authentication. So by default the
+launcher runs all workers in a private network namespace of their own, which
+has only a loopback interface: nothing outside that namespace can reach them
+(they cannot reach the network either, so fetch data before launching). It
+uses ``unshare --user --map-root-user --net`` (Linux, no root needed where
+unprivileged user namespaces are allowed). Where that is not possible, or with
+``--share-network``, it prints a warning that the workers are reachable from
+other machines.
+
 Options::
 
     --workers N       number of workers (>= 1), default 2
@@ -46,6 +57,8 @@ Options::
     --grace SECONDS   time between SIGTERM/SIGINT and SIGKILL, default 10
     --stream-all      stream every worker's output, not only the chief's
     --log-dir DIR     where the other workers' ``worker-i.log`` files go
+    --share-network   run the workers in this network namespace (reachable
+                      from other machines: see above)
 
 Two machines by hand: run the same script on each machine, with the same
 cluster list and a different task index, and with the ports open between
@@ -88,6 +101,16 @@ DEFAULT_GRACE = 10.0
 INTERRUPTED_EXIT_CODE = 130
 FAILURE_TAIL_LINES = 30  # lines of a failed worker's log file shown on the stream
 _POLL_S = 0.05
+# The workers' private network namespace: a new user namespace (so no root is
+# needed) and a new network namespace, in which the inner launcher runs.
+NAMESPACE_COMMAND = ("unshare", "--user", "--map-root-user", "--net", "--")
+_IN_NAMESPACE_FLAG = "--in-private-network"  # internal: set on the inner launcher
+_IN_NAMESPACE = object()  # share_network value of the inner launcher: already private
+EXPOSED_WARNING = (
+    "[launch] WARNING: the workers' TensorFlow servers listen on all interfaces (0.0.0.0:port), "
+    "not only on {host}, and run any graph sent to them without authentication; {why} Anyone "
+    "who can reach this machine can reach them while they run. Use a firewall, or a machine "
+    "whose ports are closed to others.")
 
 
 def free_ports(n, host=DEFAULT_HOST):
@@ -228,6 +251,84 @@ class _SignalFlag:
         return False
 
 
+def _is_loopback(host):
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _namespace_problem():
+    """None if `NAMESPACE_COMMAND` works here, else why not (one sentence)."""
+    if not sys.platform.startswith("linux"):
+        return "private network namespaces need Linux."
+    try:
+        probe = subprocess.run([*NAMESPACE_COMMAND, "true"], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"`unshare` could not run ({e})."
+    if probe.returncode != 0:
+        why = probe.stdout.decode(errors="replace").strip().splitlines()
+        return f"`unshare` failed ({why[-1] if why else probe.returncode})."
+    return None
+
+
+def _bring_up_loopback():
+    """Sets `lo` up in a new network namespace (it starts down), with ioctls
+    rather than `ip`, which minimal images lack."""
+    import fcntl
+    import struct
+
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        request = struct.pack("16sh", b"lo", 0)
+        flags = struct.unpack("16sh", fcntl.ioctl(s, siocgifflags, request))[1]
+        fcntl.ioctl(s, siocsifflags, struct.pack("16sh", b"lo", flags | iff_up))
+
+
+def _launch_in_namespace(script, args, workers, env, grace, out, host, port_base, stream_all,
+                         log_dir):
+    """Runs an inner launcher (this module) in a private network namespace and
+    relays its output and exit code; SIGINT/SIGTERM are passed on as SIGINT."""
+    cmd = [*NAMESPACE_COMMAND, sys.executable, "-m", "dgc_tf.launch", _IN_NAMESPACE_FLAG,
+           "--workers", str(workers), "--grace", repr(float(grace)), "--host", host]
+    if port_base is not None:
+        cmd += ["--port-base", str(port_base)]
+    if stream_all:
+        cmd.append("--stream-all")
+    if log_dir is not None:
+        cmd += ["--log-dir", os.path.abspath(log_dir)]
+    cmd += ["--", os.fspath(script), *map(str, args)]
+    child_env = dict(os.environ)
+    for key, value in (env or {}).items():
+        if value is None:
+            child_env.pop(key, None)
+        else:
+            child_env[key] = str(value)
+    # The inner launcher must import this dgc_tf, wherever it was imported from.
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    child_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (package_root, child_env.get("PYTHONPATH")) if p)
+    with _SignalFlag() as flag:
+        proc = subprocess.Popen(cmd, env=child_env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        reader = threading.Thread(target=_pump, args=(proc, "", out), daemon=True,
+                                  name="dgc_tf.launch-namespace")
+        reader.start()
+        forwarded = 0
+        try:
+            while proc.poll() is None:
+                if flag.count > forwarded:
+                    forwarded = flag.count
+                    # The inner launcher stops its workers (a second signal kills them).
+                    _signal_group(proc, signal.SIGINT if forwarded == 1 else signal.SIGTERM)
+                flag.event.clear()
+                flag.event.wait(_POLL_S)
+        except KeyboardInterrupt:
+            _signal_group(proc, signal.SIGINT)
+            proc.wait()
+        reader.join(timeout=5.0)
+    return _code_for(proc.returncode) if proc.returncode else 0
+
+
 def _log_path(log_dir, index):
     return os.path.join(log_dir, f"worker-{index}.log")
 
@@ -245,7 +346,8 @@ def _show_tail(path, index, out, lines=FAILURE_TAIL_LINES):
 
 
 def launch(script, args=(), workers=2, env=None, grace=DEFAULT_GRACE, output=None,
-           host=DEFAULT_HOST, port_base=None, stream_all=False, log_dir=None):
+           host=DEFAULT_HOST, port_base=None, stream_all=False, log_dir=None,
+           share_network=False):
     """Run `script` in `workers` local worker processes; return the exit code.
 
     Args:
@@ -264,6 +366,10 @@ def launch(script, args=(), workers=2, env=None, grace=DEFAULT_GRACE, output=Non
         worker 0's is, and worker i's goes to `log_dir/worker-i.log`.
       log_dir: directory for those files (created if needed); a new temporary
         directory by default. Its paths are printed before the workers start.
+      share_network: run the workers in this process's network namespace,
+        where their servers are reachable from other machines (a warning says
+        so); by default they get a private one with only loopback (see the
+        module docstring), when the platform allows.
 
     Returns:
       0 if every worker exited 0; the first failed worker's exit code (128 +
@@ -279,6 +385,17 @@ def launch(script, args=(), workers=2, env=None, grace=DEFAULT_GRACE, output=Non
     if output is None:
         output = sys.stdout
     out = _Output(output)
+    if not share_network and _is_loopback(host):
+        problem = _namespace_problem()
+        if problem is None:
+            return _launch_in_namespace(script, args, workers, env, grace, out, host, port_base,
+                                        stream_all, log_dir)
+        out.write_line(EXPOSED_WARNING.format(
+            host=host, why=f"no private network namespace: {problem}"))
+    elif share_network is not _IN_NAMESPACE:
+        out.write_line(EXPOSED_WARNING.format(
+            host=host, why="--share-network was given." if share_network
+            else f"{host} is not a loopback address."))
 
     if port_base is None:
         ports = free_ports(workers, host)
@@ -453,6 +570,10 @@ def _parser():
                         "write worker-i.log files whose paths are printed)")
     p.add_argument("--log-dir", default=None, metavar="DIR",
                    help="directory for the worker-i.log files (default: a new temporary one)")
+    p.add_argument("--share-network", action="store_true",
+                   help="run the workers in this network namespace, reachable from other "
+                        "machines (default: a private namespace with only loopback)")
+    p.add_argument(_IN_NAMESPACE_FLAG, action="store_true", help=argparse.SUPPRESS)
     p.add_argument("script", nargs="?", help="Python script each worker runs")
     p.add_argument("args", nargs="*", help="arguments for the script")
     return p
@@ -489,9 +610,13 @@ def main(argv=None):
     if port_base is not None and port_base + ns.workers - 1 > 65535:
         parser.error(f"argument --port-base: ports {port_base}..{port_base + ns.workers - 1} "
                      f"exceed 65535")
+    share_network = ns.share_network
+    if ns.in_private_network:
+        _bring_up_loopback()
+        share_network = _IN_NAMESPACE
     return launch(command[0], command[1:], workers=ns.workers, grace=ns.grace,
                   host=ns.host, port_base=port_base, stream_all=ns.stream_all,
-                  log_dir=ns.log_dir)
+                  log_dir=ns.log_dir, share_network=share_network)
 
 
 if __name__ == "__main__":
