@@ -296,12 +296,7 @@ def _launch_in_namespace(script, args, workers, env, grace, out, host, port_base
     if log_dir is not None:
         cmd += ["--log-dir", os.path.abspath(log_dir)]
     cmd += ["--", os.fspath(script), *map(str, args)]
-    child_env = dict(os.environ)
-    for key, value in (env or {}).items():
-        if value is None:
-            child_env.pop(key, None)
-        else:
-            child_env[key] = str(value)
+    child_env = _environment(env)
     # The inner launcher must import this dgc_tf, wherever it was imported from.
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     child_env["PYTHONPATH"] = os.pathsep.join(
@@ -327,6 +322,17 @@ def _launch_in_namespace(script, args, workers, env, grace, out, host, port_base
             proc.wait()
         reader.join(timeout=5.0)
     return _code_for(proc.returncode) if proc.returncode else 0
+
+
+def _environment(env):
+    """`os.environ` with `env` on top (a value of None removes a variable)."""
+    result = dict(os.environ)
+    for key, value in (env or {}).items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = str(value)
+    return result
 
 
 def _log_path(log_dir, index):
@@ -414,12 +420,7 @@ def launch(script, args=(), workers=2, env=None, grace=DEFAULT_GRACE, output=Non
         for i, path in log_paths.items():
             out.write_line(f"[launch] worker {i} output: {path}")
 
-    base_env = dict(os.environ)
-    for key, value in (env or {}).items():
-        if value is None:
-            base_env.pop(key, None)
-        else:
-            base_env[key] = str(value)
+    base_env = _environment(env)
     base_env["PYTHONUNBUFFERED"] = "1"
     base_env["DGC_TF_NUM_WORKERS"] = str(workers)
 
