@@ -8,7 +8,14 @@ STAMP   := $(VENV)/.dgc_tf-installed
 FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SOURCES := setup.py requirements.txt requirements-dev.txt $(shell find custom_ops -type f 2>/dev/null)
 
-.PHONY: install demo test bench clean data
+# The oldest supported TensorFlow, in its own environment: dgc_tf installed
+# (not editable) from this tree with its dependencies, which must keep that
+# TensorFlow, and the compiled op checked against it.
+OLDEST_TF := 2.19
+OLD_VENV  := .venv-tf$(OLDEST_TF)
+OLD_STAMP := $(OLD_VENV)/.dgc_tf-installed
+
+.PHONY: install demo test test-oldest-tf bench clean data
 
 install: $(STAMP)
 
@@ -36,8 +43,17 @@ data:
 demo: install data
 	$(PY) -m dgc_tf.launch --workers 2 -- examples/fashion_mnist_demo.py
 
-test: install data
+test: install data test-oldest-tf
 	DGC_TF_REQUIRE_OP=1 $(PY) -m pytest -q
 
+$(OLD_STAMP): setup.py $(SOURCES) $(shell find dgc_tf -name '*.py')
+	$(PYTHON3) -m venv $(OLD_VENV)
+	$(OLD_VENV)/bin/pip install --quiet "tensorflow==$(OLDEST_TF).*" "tf-keras==$(OLDEST_TF).*" setuptools wheel
+	$(OLD_VENV)/bin/pip install --quiet --no-build-isolation .
+	@touch $@
+
+test-oldest-tf: $(OLD_STAMP)
+	cd $(OLD_VENV) && bin/python $(CURDIR)/tests/check_installed_op.py $(OLDEST_TF)
+
 clean:
-	rm -rf $(VENV) build *.egg-info dgc_tf/ops/*.so
+	rm -rf $(VENV) $(OLD_VENV) build *.egg-info dgc_tf/ops/*.so

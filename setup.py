@@ -17,123 +17,57 @@ Environment switches:
   DGC_TF_CXX=g++           host C++ compiler (default: g++)
   DGC_TF_SKIP_OP_BUILD=1   do not build the op at all (fallback only)
 """
-import concurrent.futures
+import importlib.util
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
 
 from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OP_EXT_NAME = "dgc_tf.ops._dgc_ops"
 OP_LIBRARY = os.path.join("dgc_tf", "ops", "_dgc_ops.so")
 CC_DIR = os.path.join("custom_ops", "cc")
-CPU_SOURCES = [
-    os.path.join(CC_DIR, "ops", "sampled_topk_ops.cc"),
-    os.path.join(CC_DIR, "kernels", "sampled_topk_kernels.cc"),
-]
-CUDA_SOURCES = [os.path.join(CC_DIR, "kernels", "sampled_topk_kernels.cu.cc")]
-INCLUDE_DIRS = [os.path.join(CC_DIR, "kernels")]
 
 
-def _flag(name):
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+def _load_builder():
+    """dgc_tf/ops/build.py, loaded by path: importing the dgc_tf package here would
+    import Keras, which an install does not need."""
+    spec = importlib.util.spec_from_file_location(
+        "_dgc_tf_build", os.path.join(HERE, "dgc_tf", "ops", "build.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+builder = _load_builder()
+_flag = builder._flag
+
+
+def _banner(kind, message):
+    bar = "=" * 78
+    print(f"\n{bar}\n{kind} (dgc_tf): {message}\n{bar}\n", file=sys.stderr, flush=True)
 
 
 def _warn(message):
-    bar = "=" * 78
-    print(f"\n{bar}\nWARNING (dgc_tf): {message}\n{bar}\n", file=sys.stderr, flush=True)
-
-
-def _tf_flags():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf  # the TensorFlow that will load the op
-
-    return list(tf.sysconfig.get_compile_flags()), list(tf.sysconfig.get_link_flags())
-
-
-def _find_nvcc():
-    candidates = [os.environ.get("DGC_TF_NVCC")]
-    if os.environ.get("CUDA_HOME"):
-        candidates.append(os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc"))
-    candidates += [shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc"]
-    for c in candidates:
-        if c and os.path.exists(c):
-            return os.path.realpath(c)
-    return None
-
-
-def _cuda_lib_dir(nvcc):
-    """Directory holding libcudart_static.a: $CUDA_HOME, nvcc's tree, /usr/local/cuda."""
-    homes = [os.environ.get("CUDA_HOME"), os.path.dirname(os.path.dirname(nvcc)), "/usr/local/cuda"]
-    for home in homes:
-        for sub in ("lib64", "lib", os.path.join("targets", "x86_64-linux", "lib")):
-            if home and os.path.exists(os.path.join(home, sub, "libcudart_static.a")):
-                return os.path.join(home, sub)
-    raise RuntimeError("libcudart_static.a not found (set CUDA_HOME)")
-
-
-def _cuda_arch_flags():
-    archs = [a.strip() for a in os.environ.get("DGC_TF_CUDA_ARCHS", "80;90").replace(",", ";").split(";") if a.strip()]
-    flags = []
-    for a in archs:
-        flags += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
-    if archs:  # PTX of the newest for forward compatibility
-        flags += ["-gencode", f"arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
-    return flags
-
-
-def _run_parallel(commands):
-    """Runs compiler commands concurrently; raises with the output of failures."""
-    def run(cmd):
-        print(" ".join(cmd), flush=True)
-        return cmd, subprocess.run(cmd, cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
-        results = list(pool.map(run, commands))
-    failures = [f"$ {' '.join(cmd)}\n{proc.stdout[-6000:]}" for cmd, proc in results if proc.returncode != 0]
-    if failures:
-        raise RuntimeError("compilation failed:\n" + "\n".join(failures))
+    _banner("WARNING", message)
 
 
 def build_op_library(output, cuda=False):
-    """Compiles the op into `output` (a shared library). Raises on failure."""
-    compile_flags, link_flags = _tf_flags()
-    cxx = os.environ.get("DGC_TF_CXX", "g++")
-    includes = [f"-I{os.path.join(HERE, d)}" for d in INCLUDE_DIRS]
-    common = ["-O3", "-fPIC", "-DNDEBUG"] + includes + compile_flags
-    defines = []
-    extra_objects, extra_link = [], []
-    with tempfile.TemporaryDirectory(prefix="dgc_tf_build_") as tmp:
-        commands = []
-        if cuda:
-            nvcc = _find_nvcc()
-            if nvcc is None:
-                raise RuntimeError("DGC_TF_CUDA=1 but nvcc was not found (set DGC_TF_NVCC or CUDA_HOME)")
-            defines = ["-DGOOGLE_CUDA=1"]
-            for src in CUDA_SOURCES:
-                obj = os.path.join(tmp, os.path.basename(src) + ".o")
-                commands.append([nvcc, "-std=c++17", "-c", "-x", "cu", "-Xcompiler", "-fPIC",
-                                 "--expt-relaxed-constexpr", "-DNDEBUG", "-DGOOGLE_CUDA=1", "-O3", "-w"]
-                                + _cuda_arch_flags() + includes + compile_flags + [src, "-o", obj])
-                extra_objects.append(obj)
-            lib_dir = _cuda_lib_dir(nvcc)
-            extra_link = [f"-L{lib_dir}", "-lcudart_static", "-ldl", "-lrt", "-lpthread"]
-        objects = []
-        for src in CPU_SOURCES:
-            obj = os.path.join(tmp, os.path.basename(src) + ".o")
-            commands.append([cxx, "-c", "-w"] + common + defines + [src, "-o", obj])
-            objects.append(obj)
-        _run_parallel(commands)
-        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-        tmp_out = os.path.join(tmp, "_dgc_ops.so")
-        link = [cxx, "-shared", "-O3", "-fPIC"] + objects + extra_objects + ["-o", tmp_out] + link_flags + extra_link
-        print(" ".join(link), flush=True)
-        subprocess.run(link, cwd=HERE, check=True)
-        shutil.copyfile(tmp_out, output)
+    builder.build_op_library(output, cuda=cuda, source_dir=os.path.join(HERE, CC_DIR))
+
+
+class BuildPyWithSources(build_py):
+    """Ships the op's C++ sources inside the package (dgc_tf/ops/cc), so that
+    dgc_tf can rebuild the op for another TensorFlow without a source tree."""
+
+    def run(self):
+        super().run()
+        target = os.path.join(self.build_lib, "dgc_tf", "ops", "cc")
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(os.path.join(HERE, CC_DIR), target)
 
 
 class BuildOpExt(build_ext):
@@ -158,8 +92,13 @@ class BuildOpExt(build_ext):
                   "dgc_tf will use its pure-TensorFlow fallback.")
             return
         cuda = _flag("DGC_TF_CUDA")
+        import tensorflow as tf
+        built_for = f"TensorFlow {tf.__version__}"
         try:
             build_op_library(output, cuda=cuda)
+            _banner("INFO", f"built the compiled op for {built_for}: CPU kernel"
+                    + (" and CUDA kernel." if cuda else "; no CUDA kernel (DGC_TF_CUDA=1 "
+                       "builds one with nvcc)."))
             return
         except Exception as e:  # noqa: BLE001 - any failure leaves the fallback
             error = e
@@ -167,6 +106,8 @@ class BuildOpExt(build_ext):
             _warn(f"building the CUDA kernel failed ({error}); building the CPU kernel only.")
             try:
                 build_op_library(output, cuda=False)
+                _banner("INFO", f"built the compiled op for {built_for}: CPU kernel only "
+                        "(the CUDA kernel failed, above).")
                 return
             except Exception as e:  # noqa: BLE001
                 error = e
@@ -180,7 +121,7 @@ class BuildOpExt(build_ext):
         _warn(f"could not build the compiled op ({error}).\n"
               "dgc_tf is installed and will use its pure-TensorFlow fallback (same results, slower).\n"
               "Fix the toolchain (g++, TensorFlow headers) and rebuild with\n"
-              "  pip install --no-build-isolation -e .    (or: make install)")
+              "  python -m dgc_tf.ops.build")
 
 
 setup(
@@ -189,9 +130,11 @@ setup(
     description="Deep Gradient Compression for TensorFlow 2 / Keras",
     packages=find_packages(include=["dgc_tf", "dgc_tf.*"]),
     python_requires=">=3.10",
-    install_requires=["tensorflow>=2.21,<2.22", "numpy"],
-    extras_require={"legacy": ["tf-keras>=2.21,<2.22"]},
+    # A range, not a pin, so that installing never replaces the TensorFlow a
+    # runtime ships (hosted notebooks lag the newest release).
+    install_requires=["tensorflow>=2.19,<2.22", "numpy"],
+    extras_require={"legacy": ["tf-keras>=2.19,<2.22"]},
     ext_modules=[Extension(OP_EXT_NAME, sources=[], optional=True)],
-    cmdclass={"build_ext": BuildOpExt},
+    cmdclass={"build_ext": BuildOpExt, "build_py": BuildPyWithSources},
     zip_safe=False,
 )

@@ -799,7 +799,7 @@ def _on_signal(signum, frame):
 def main(argv=None):
     opts = parse_args(argv)
     if not netns_available():
-        sys.exit("network_bench needs root and `ip netns` (see shared/DGC.md §4)")
+        sys.exit("network_bench needs root and `ip netns` (see docs/algorithm.md §8)")
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
     tag = make_tag(prefix=opts.ns_prefix)

@@ -6,10 +6,17 @@ tf_keras one when `TF_USE_LEGACY_KERAS=1`, so that
 `tf.keras` is. `dgc_tf.keras3.DGCSGD` and `dgc_tf.tf_keras.DGCSGD` name a
 flavour explicitly. `dgc_tf.VGCSGD` (variance-based gradient compression,
 `dgc_tf.vgc`) is the Keras 3 one.
+
+Importing dgc_tf registers every public optimizer class with the Keras
+serialization registry of each flavour that is installed, so that
+`keras.models.load_model("m.keras")` (or tf_keras's) finds them by name in a
+new process with no `custom_objects`.
 """
 
 import importlib
+import importlib.util
 import os
+import sys
 
 __version__ = "0.1.0"
 
@@ -39,3 +46,30 @@ def __getattr__(name):
                 "vgc"):
         return importlib.import_module(f"dgc_tf.{name}")
     raise AttributeError(f"module 'dgc_tf' has no attribute {name!r}")
+
+
+# Modules whose import registers the public optimizer classes (their
+# `register_keras_serializable` decorators), keyed by the Keras package each
+# needs. Importing them creates no TensorFlow context, so a strategy made
+# afterwards can still configure collectives.
+_SERIALIZABLE_MODULES = {"keras": ("dgc_tf.keras3", "dgc_tf.vgc.keras3"), "tf_keras": ("dgc_tf.tf_keras",)}
+
+
+def _is_the_launcher():
+    """True in `python -m dgc_tf.launch`, which imports this package first: the
+    launcher only starts worker processes and should not import TensorFlow."""
+    argv = list(getattr(sys, "orig_argv", ()))
+    return any(a == "-m" and argv[i + 1:i + 2] == ["dgc_tf.launch"] for i, a in enumerate(argv))
+
+
+def _register_serializables():
+    if _is_the_launcher():
+        return
+    for package, modules in _SERIALIZABLE_MODULES.items():
+        if importlib.util.find_spec(package) is None:
+            continue  # that flavour is not installed
+        for module in modules:
+            importlib.import_module(module)
+
+
+_register_serializables()

@@ -1,10 +1,13 @@
 """`CompressionStats`: DGC's exchange statistics in the `fit` logs.
 
-Adds, after every batch and epoch, `dgc_density` (fraction of each compressed
-variable sent this step), `dgc_bytes_sent` (bytes this replica handed to the
-collectives this step) and `dgc_compression_ratio` (dense bytes / bytes sent,
-all variables, since the start), so they show in the progress bar and in
-`History`. For TensorBoard: list `CompressionStats` before the `TensorBoard`
+Adds, after every batch and epoch, what the optimizer's `compression_stats()`
+reports: `dgc_density` (DGCSGD: the fraction of each compressed variable the
+next step sends, warm-up included; VGCSGD: the fraction of compressed elements
+sent so far), `dgc_bytes_sent` (bytes this replica handed to the collectives
+in the last step), `dgc_compression_ratio` (dense bytes / bytes sent, all
+variables, since the start) and `dgc_skipped_steps` (steps skipped because some
+replica's gradients were not finite; the first one also raises a warning with
+the count), so they show in the progress bar and in `History`. For TensorBoard: list `CompressionStats` before the `TensorBoard`
 callback and its epoch scalars include them (`epoch_dgc_*`); pass the same
 `log_dir` to `CompressionStats` and it also writes them per step
 (`batch_dgc_*`, in `log_dir/train`, the run TensorBoard's callback writes to).
@@ -15,10 +18,9 @@ callback and its epoch scalars include them (`epoch_dgc_*`); pass the same
 
 import importlib
 import os
+import warnings
 
 import tensorflow as tf
-
-from dgc_tf import compression
 
 
 class _CompressionStatsMixin:
@@ -32,6 +34,7 @@ class _CompressionStatsMixin:
         super().__init__()
         self.log_dir = log_dir
         self._writer = None
+        self._warned_skipped = False
 
     def on_train_begin(self, logs=None):
         if self.log_dir is not None and self._writer is None:
@@ -43,19 +46,24 @@ class _CompressionStatsMixin:
 
     def _dgc_logs(self):
         optimizer = self.model.optimizer
-        counters = getattr(optimizer, "_dgc_counters", None)
-        if counters is None:
+        if not callable(getattr(optimizer, "compression_stats", None)):
             raise ValueError(
-                "CompressionStats needs a model compiled with dgc_tf.DGCSGD; got optimizer "
-                f"{type(optimizer).__name__}.")
-        config = optimizer.dgc_config
-        step = max(int(optimizer.iterations.numpy()) - 1, 0)
-        stats = counters.as_dict()
+                "CompressionStats needs a model compiled with a dgc_tf optimizer (DGCSGD or "
+                f"VGCSGD); got optimizer {type(optimizer).__name__}.")
+        stats = optimizer.compression_stats()  # each optimizer says what it sent
+        skipped = stats["skipped_steps"]
+        if skipped and not self._warned_skipped:
+            self._warned_skipped = True
+            warnings.warn(
+                f"dgc_tf: {skipped} training step(s) so far were skipped on every replica because "
+                "some replica's gradients held NaN or Inf (weights and DGC state untouched). "
+                "Lower the learning rate or set local_clipnorm; `dgc_skipped_steps` in the logs "
+                "keeps the count.", RuntimeWarning, stacklevel=2)
         return {
-            "dgc_density": float(compression.density_at(
-                step, config.compress_ratio, config.warmup_steps).numpy()),
+            "dgc_density": stats["density"],
             "dgc_bytes_sent": stats["last_bytes_sent"],
             "dgc_compression_ratio": stats["compression_ratio"],
+            "dgc_skipped_steps": skipped,
         }
 
     def on_train_batch_end(self, batch, logs=None):

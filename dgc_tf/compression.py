@@ -11,7 +11,7 @@ state and call these in order, once per compressed variable and step:
     u, v     = mask_sent(u, v, idx, momentum_masking)
 
 Reference: Lin, Han, Mao, Wang, Dally, "Deep Gradient Compression", ICLR 2018,
-Algorithms 3 (momentum correction) and 4 (Nesterov); `shared/DGC.md` section 1.
+Algorithms 3 (momentum correction) and 4 (Nesterov); `docs/algorithm.md`.
 """
 
 import fractions

@@ -20,8 +20,13 @@ environment:
 * ``DGC_TF_WORKER_INDEX`` (0 .. N-1) and ``DGC_TF_NUM_WORKERS`` (N);
 * ``PYTHONUNBUFFERED=1``, so output arrives line by line.
 
-Each line a worker writes (stdout and stderr merged) is printed prefixed with
-``[worker i] ``; the launcher's own messages start with ``[launch] ``.
+Output: worker 0 (the chief) is streamed, each line prefixed with
+``[worker 0] ``; every other worker's output (stdout and stderr merged) goes to
+``worker-i.log`` in a log directory (``--log-dir``, else a new temporary one),
+whose paths the launcher prints first, so that progress bars do not interleave
+into unreadable lines. ``--stream-all`` streams every worker, prefixed with
+``[worker i] ``. When a worker whose output went to a file fails, its last
+lines are printed. The launcher's own messages start with ``[launch] ``.
 
 Exit status: 0 when every worker exits 0. When a worker fails, the launcher
 sends SIGTERM to the others, SIGKILL after ``--grace`` seconds (default 10),
@@ -33,12 +38,27 @@ exits 130; a second Ctrl-C kills at once. Every worker runs in its own
 session and process group; on exit the launcher signals those groups (and
 nothing else) and reaps its children, so no worker outlives it.
 
+Network isolation: TensorFlow's gRPC server listens on every interface
+(``0.0.0.0:port``), whatever address TF_CONFIG names, and a TensorFlow worker
+runs whatever graph it is sent, without authentication. So by default the
+launcher runs all workers in a private network namespace of their own, which
+has only a loopback interface: nothing outside that namespace can reach them
+(they cannot reach the network either, so fetch data before launching). It
+uses ``unshare --user --map-root-user --net`` (Linux, no root needed where
+unprivileged user namespaces are allowed). Where that is not possible, or with
+``--share-network``, it prints a warning that the workers are reachable from
+other machines.
+
 Options::
 
     --workers N       number of workers (>= 1), default 2
     --host HOST       address in TF_CONFIG, default 127.0.0.1
     --port-base P     use ports P .. P+N-1 instead of free ones
     --grace SECONDS   time between SIGTERM/SIGINT and SIGKILL, default 10
+    --stream-all      stream every worker's output, not only the chief's
+    --log-dir DIR     where the other workers' ``worker-i.log`` files go
+    --share-network   run the workers in this network namespace (reachable
+                      from other machines: see above)
 
 Two machines by hand: run the same script on each machine, with the same
 cluster list and a different task index, and with the ports open between
@@ -70,6 +90,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -78,7 +99,18 @@ __all__ = ["launch", "main", "free_ports", "tf_config"]
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_GRACE = 10.0
 INTERRUPTED_EXIT_CODE = 130
+FAILURE_TAIL_LINES = 30  # lines of a failed worker's log file shown on the stream
 _POLL_S = 0.05
+# The workers' private network namespace: a new user namespace (so no root is
+# needed) and a new network namespace, in which the inner launcher runs.
+NAMESPACE_COMMAND = ("unshare", "--user", "--map-root-user", "--net", "--")
+_IN_NAMESPACE_FLAG = "--in-private-network"  # internal: set on the inner launcher
+_IN_NAMESPACE = object()  # share_network value of the inner launcher: already private
+EXPOSED_WARNING = (
+    "[launch] WARNING: the workers' TensorFlow servers listen on all interfaces (0.0.0.0:port), "
+    "not only on {host}, and run any graph sent to them without authentication; {why} Anyone "
+    "who can reach this machine can reach them while they run. Use a firewall, or a machine "
+    "whose ports are closed to others.")
 
 
 def free_ports(n, host=DEFAULT_HOST):
@@ -163,9 +195,14 @@ def _code_for(returncode):
 class _Output:
     """Serialises prefixed lines from the reader threads onto one stream."""
 
-    def __init__(self, stream):
+    def __init__(self, stream, owns_stream=False):
         self._stream = stream
         self._lock = threading.Lock()
+        self.owns_stream = owns_stream
+
+    def close(self):
+        with self._lock:
+            self._stream.close()
 
     def write_line(self, text):
         with self._lock:
@@ -177,9 +214,13 @@ class _Output:
 
 
 def _pump(proc, prefix, out):
-    for raw in iter(proc.stdout.readline, b""):
-        out.write_line(prefix + raw.decode("utf-8", errors="replace"))
-    proc.stdout.close()
+    try:
+        for raw in iter(proc.stdout.readline, b""):
+            out.write_line(prefix + raw.decode("utf-8", errors="replace"))
+    finally:
+        proc.stdout.close()
+        if out.owns_stream:
+            out.close()
 
 
 class _SignalFlag:
@@ -210,8 +251,109 @@ class _SignalFlag:
         return False
 
 
+def _is_loopback(host):
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _namespace_problem():
+    """None if `NAMESPACE_COMMAND` works here, else why not (one sentence)."""
+    if not sys.platform.startswith("linux"):
+        return "private network namespaces need Linux."
+    try:
+        probe = subprocess.run([*NAMESPACE_COMMAND, "true"], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"`unshare` could not run ({e})."
+    if probe.returncode != 0:
+        why = probe.stdout.decode(errors="replace").strip().splitlines()
+        return f"`unshare` failed ({why[-1] if why else probe.returncode})."
+    return None
+
+
+def _bring_up_loopback():
+    """Sets `lo` up in a new network namespace (it starts down), with ioctls
+    rather than `ip`, which minimal images lack."""
+    import fcntl
+    import struct
+
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        request = struct.pack("16sh", b"lo", 0)
+        flags = struct.unpack("16sh", fcntl.ioctl(s, siocgifflags, request))[1]
+        fcntl.ioctl(s, siocsifflags, struct.pack("16sh", b"lo", flags | iff_up))
+
+
+def _launch_in_namespace(script, args, workers, env, grace, out, host, port_base, stream_all,
+                         log_dir):
+    """Runs an inner launcher (this module) in a private network namespace and
+    relays its output and exit code; SIGINT/SIGTERM are passed on as SIGINT."""
+    cmd = [*NAMESPACE_COMMAND, sys.executable, "-m", "dgc_tf.launch", _IN_NAMESPACE_FLAG,
+           "--workers", str(workers), "--grace", repr(float(grace)), "--host", host]
+    if port_base is not None:
+        cmd += ["--port-base", str(port_base)]
+    if stream_all:
+        cmd.append("--stream-all")
+    if log_dir is not None:
+        cmd += ["--log-dir", os.path.abspath(log_dir)]
+    cmd += ["--", os.fspath(script), *map(str, args)]
+    child_env = _environment(env)
+    # The inner launcher must import this dgc_tf, wherever it was imported from.
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    child_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (package_root, child_env.get("PYTHONPATH")) if p)
+    with _SignalFlag() as flag:
+        proc = subprocess.Popen(cmd, env=child_env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        reader = threading.Thread(target=_pump, args=(proc, "", out), daemon=True,
+                                  name="dgc_tf.launch-namespace")
+        reader.start()
+        forwarded = 0
+        try:
+            while proc.poll() is None:
+                if flag.count > forwarded:
+                    forwarded = flag.count
+                    # The inner launcher stops its workers (a second signal kills them).
+                    _signal_group(proc, signal.SIGINT if forwarded == 1 else signal.SIGTERM)
+                flag.event.clear()
+                flag.event.wait(_POLL_S)
+        except KeyboardInterrupt:
+            _signal_group(proc, signal.SIGINT)
+            proc.wait()
+        reader.join(timeout=5.0)
+    return _code_for(proc.returncode) if proc.returncode else 0
+
+
+def _environment(env):
+    """`os.environ` with `env` on top (a value of None removes a variable)."""
+    result = dict(os.environ)
+    for key, value in (env or {}).items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = str(value)
+    return result
+
+
+def _log_path(log_dir, index):
+    return os.path.join(log_dir, f"worker-{index}.log")
+
+
+def _show_tail(path, index, out, lines=FAILURE_TAIL_LINES):
+    """Copies the last `lines` lines of a worker's log file onto the stream."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            tail = f.read().splitlines()[-lines:]
+    except OSError:
+        return
+    out.write_line(f"[launch] last {len(tail)} lines of {path}:")
+    for line in tail:
+        out.write_line(f"[worker {index}] {line}")
+
+
 def launch(script, args=(), workers=2, env=None, grace=DEFAULT_GRACE, output=None,
-           host=DEFAULT_HOST, port_base=None):
+           host=DEFAULT_HOST, port_base=None, stream_all=False, log_dir=None,
+           share_network=False):
     """Run `script` in `workers` local worker processes; return the exit code.
 
     Args:
@@ -226,6 +368,14 @@ def launch(script, args=(), workers=2, env=None, grace=DEFAULT_GRACE, output=Non
       host: address the workers' TF_CONFIG uses.
       port_base: if given, worker i gets port `port_base + i`; otherwise free
         ports are picked.
+      stream_all: stream every worker's output onto `output`; by default only
+        worker 0's is, and worker i's goes to `log_dir/worker-i.log`.
+      log_dir: directory for those files (created if needed); a new temporary
+        directory by default. Its paths are printed before the workers start.
+      share_network: run the workers in this process's network namespace,
+        where their servers are reachable from other machines (a warning says
+        so); by default they get a private one with only loopback (see the
+        module docstring), when the platform allows.
 
     Returns:
       0 if every worker exited 0; the first failed worker's exit code (128 +
@@ -241,6 +391,17 @@ def launch(script, args=(), workers=2, env=None, grace=DEFAULT_GRACE, output=Non
     if output is None:
         output = sys.stdout
     out = _Output(output)
+    if not share_network and _is_loopback(host):
+        problem = _namespace_problem()
+        if problem is None:
+            return _launch_in_namespace(script, args, workers, env, grace, out, host, port_base,
+                                        stream_all, log_dir)
+        out.write_line(EXPOSED_WARNING.format(
+            host=host, why=f"no private network namespace: {problem}"))
+    elif share_network is not _IN_NAMESPACE:
+        out.write_line(EXPOSED_WARNING.format(
+            host=host, why="--share-network was given." if share_network
+            else f"{host} is not a loopback address."))
 
     if port_base is None:
         ports = free_ports(workers, host)
@@ -250,13 +411,16 @@ def launch(script, args=(), workers=2, env=None, grace=DEFAULT_GRACE, output=Non
             raise ValueError(f"ports {port_base}..{port_base + workers - 1} are out of range")
         ports = [port_base + i for i in range(workers)]
     addresses = [_address(host, p) for p in ports]
+    log_paths = {}
+    if not stream_all and workers > 1:
+        if log_dir is None:
+            log_dir = tempfile.mkdtemp(prefix="dgc_tf_launch_")
+        os.makedirs(log_dir, exist_ok=True)
+        log_paths = {i: _log_path(log_dir, i) for i in range(1, workers)}
+        for i, path in log_paths.items():
+            out.write_line(f"[launch] worker {i} output: {path}")
 
-    base_env = dict(os.environ)
-    for key, value in (env or {}).items():
-        if value is None:
-            base_env.pop(key, None)
-        else:
-            base_env[key] = str(value)
+    base_env = _environment(env)
     base_env["PYTHONUNBUFFERED"] = "1"
     base_env["DGC_TF_NUM_WORKERS"] = str(workers)
 
@@ -276,7 +440,12 @@ def launch(script, args=(), workers=2, env=None, grace=DEFAULT_GRACE, output=Non
                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                     start_new_session=True)
                 procs.append(proc)
-                t = threading.Thread(target=_pump, args=(proc, f"[worker {i}] ", out),
+                if i in log_paths:
+                    sink = _Output(open(log_paths[i], "w", encoding="utf-8"), owns_stream=True)
+                    prefix = ""
+                else:
+                    sink, prefix = out, f"[worker {i}] "
+                t = threading.Thread(target=_pump, args=(proc, prefix, sink),
                                      name=f"dgc_tf.launch-worker-{i}", daemon=True)
                 t.start()
                 readers.append(t)
@@ -313,6 +482,8 @@ def launch(script, args=(), workers=2, env=None, grace=DEFAULT_GRACE, output=Non
                 _stop(procs, None, 0.0, flag)
             for t in readers:
                 t.join(timeout=5.0)
+            if failed is not None and failed[0] in log_paths:
+                _show_tail(log_paths[failed[0]], failed[0], out)
 
     if interrupted:
         return INTERRUPTED_EXIT_CODE
@@ -377,7 +548,7 @@ def _port(text):
     return value
 
 
-_VALUE_OPTIONS = ("--workers", "--host", "--grace", "--port-base")
+_VALUE_OPTIONS = ("--workers", "--host", "--grace", "--port-base", "--log-dir")
 
 
 def _parser():
@@ -395,6 +566,15 @@ def _parser():
     p.add_argument("--grace", type=_non_negative_float, default=DEFAULT_GRACE,
                    metavar="SECONDS",
                    help=f"seconds before SIGKILL when stopping workers (default {DEFAULT_GRACE:g})")
+    p.add_argument("--stream-all", action="store_true",
+                   help="stream every worker's output (default: worker 0's; the others "
+                        "write worker-i.log files whose paths are printed)")
+    p.add_argument("--log-dir", default=None, metavar="DIR",
+                   help="directory for the worker-i.log files (default: a new temporary one)")
+    p.add_argument("--share-network", action="store_true",
+                   help="run the workers in this network namespace, reachable from other "
+                        "machines (default: a private namespace with only loopback)")
+    p.add_argument(_IN_NAMESPACE_FLAG, action="store_true", help=argparse.SUPPRESS)
     p.add_argument("script", nargs="?", help="Python script each worker runs")
     p.add_argument("args", nargs="*", help="arguments for the script")
     return p
@@ -431,8 +611,13 @@ def main(argv=None):
     if port_base is not None and port_base + ns.workers - 1 > 65535:
         parser.error(f"argument --port-base: ports {port_base}..{port_base + ns.workers - 1} "
                      f"exceed 65535")
+    share_network = ns.share_network
+    if ns.in_private_network:
+        _bring_up_loopback()
+        share_network = _IN_NAMESPACE
     return launch(command[0], command[1:], workers=ns.workers, grace=ns.grace,
-                  host=ns.host, port_base=port_base)
+                  host=ns.host, port_base=port_base, stream_all=ns.stream_all,
+                  log_dir=ns.log_dir, share_network=share_network)
 
 
 if __name__ == "__main__":

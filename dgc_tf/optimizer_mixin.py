@@ -22,8 +22,11 @@ class DGCOptimizerMixin:
         return self._dgc_counters.skipped_steps
 
     def compression_stats(self):
-        """Bytes sent, dense-equivalent bytes, their ratio and skipped steps, per replica."""
-        return self._dgc_counters.as_dict()
+        """Bytes sent, dense-equivalent bytes, their ratio, skipped steps and the
+        `current_density()`, per replica: all that `CompressionStats` logs."""
+        stats = self._dgc_counters.as_dict()
+        stats["density"] = self.current_density()
+        return stats
 
     def current_density(self):
         """The density the next step will send (warm-up included), as a float."""

@@ -1,6 +1,6 @@
 """Independent pure-NumPy reference of Deep Gradient Compression (DGC).
 
-Written from ``../shared/DGC.md`` section 1 only (Lin et al., ICLR 2018, arXiv 1712.01887,
+Written from ``docs/algorithm.md`` sections 1-3 only (Lin et al., ICLR 2018, arXiv 1712.01887,
 Algorithms 3 (momentum correction) and 4 (Nesterov)), *without* looking at the dgc_tf
 implementation, so that comparing the two catches mistakes in either.
 
@@ -132,7 +132,7 @@ def keras_sgd_update(w, g, m, lr, momentum, nesterov):
 
 
 class DGCReference:
-    """N-worker NumPy simulation of DGC (DGC.md section 1).
+    """N-worker NumPy simulation of DGC (docs/algorithm.md section 2).
 
     State (inspectable):
       ``u[w][j]``, ``v[w][j]``: momentum and residual of worker ``w`` for compressed variable ``j``

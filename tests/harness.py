@@ -69,3 +69,12 @@ class Run:
 
     def weights(self):
         return [np.array(v.numpy()) for v in self.variables]
+
+
+def keras_module(flavour):
+    """The Keras package of a flavour: `keras` (Keras 3) or `tf_keras`."""
+    if flavour == "keras3":
+        import keras
+        return keras
+    import tf_keras
+    return tf_keras

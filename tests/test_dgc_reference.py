@@ -378,7 +378,7 @@ def test_learning_rate_callable_gets_step_index():
 )
 def test_conservation_momentum_zero(shapes, num_workers, nesterov, masking, compress_ratio,
                                     warmup_steps, seed):
-    """DGC.md: with momentum 0, sent_sum + v == sum of all gradients, per worker and variable."""
+    """docs/algorithm.md: with momentum 0, sent_sum + v == sum of all gradients, per worker and variable."""
     rng = np.random.default_rng(seed)
     ref = DGCReference(shapes, num_workers, learning_rate=0.05, momentum=0.0, nesterov=nesterov,
                        compress_ratio=compress_ratio, warmup_steps=warmup_steps,

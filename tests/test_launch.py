@@ -137,7 +137,7 @@ def test_tf_config_env_and_prefixed_output(tmp_path, procs):
     ''')
     out = io.StringIO()
     code = launch_mod.launch(script, args=[procs.piddir, "--workers", "7", "--"], workers=3,
-                             env={"EXTRA_VAR": "x"}, grace=5.0, output=out)
+                             env={"EXTRA_VAR": "x"}, grace=5.0, output=out, stream_all=True)
     assert code == 0, out.getvalue()
     lines = out.getvalue().splitlines()
     configs = {}
@@ -165,12 +165,33 @@ def test_tf_config_env_and_prefixed_output(tmp_path, procs):
         assert c["argv"] == ["--workers", "7", "--"]
 
 
+def test_by_default_the_chief_streams_and_the_others_write_files(tmp_path, procs):
+    """Readable by default: only worker 0's lines on the stream; the others' output
+    is in files whose paths are printed before the workers start."""
+    script = _script(tmp_path, '''
+        for step in range(3):
+            print(f"worker {INDEX} step {step}", flush=True)
+    ''')
+    p = procs.spawn(_cli("--workers", "3", "--log-dir", str(tmp_path / "logs"),
+                         script, procs.piddir))
+    out, _ = p.communicate(timeout=30)
+    assert p.returncode == 0, out
+    lines = out.splitlines()
+    assert [l for l in lines if l.startswith("[worker")] == [
+        f"[worker 0] worker 0 step {s}" for s in range(3)]
+    for i in (1, 2):
+        path = str(tmp_path / "logs" / f"worker-{i}.log")
+        assert f"[launch] worker {i} output: {path}" in lines
+        with open(path) as f:
+            assert f.read().splitlines() == [f"worker {i} step {s}" for s in range(3)]
+
+
 def test_cli_all_succeed_port_base_and_script_args(tmp_path, procs):
     script = _script(tmp_path, '''
         print("TF_CONFIG " + os.environ["TF_CONFIG"])
         print("ARGV " + json.dumps(sys.argv[2:]))
     ''')
-    p = procs.spawn(_cli("--workers", "2", "--port-base", "45100", "--",
+    p = procs.spawn(_cli("--workers", "2", "--port-base", "45100", "--stream-all", "--",
                          script, procs.piddir, "--workers", "5", "--", "-x"))
     out, _ = p.communicate(timeout=30)
     assert p.returncode == 0, out
@@ -242,7 +263,7 @@ def test_interrupt_is_forwarded(tmp_path, procs, sig):
             print("got KeyboardInterrupt", flush=True)
             sys.exit(1)
     ''')
-    p = procs.spawn(_cli("--workers", "2", "--grace", "10", script, procs.piddir))
+    p = procs.spawn(_cli("--workers", "2", "--grace", "10", "--stream-all", script, procs.piddir))
     ready = [os.path.join(procs.piddir, f"ready{i}") for i in range(2)]
     assert _wait_for(lambda: all(map(os.path.exists, ready)), 30), "workers did not start"
     start = time.monotonic()
@@ -292,3 +313,77 @@ def test_missing_script_is_an_error(capsys):
 def test_free_ports_are_distinct():
     ports = launch_mod.free_ports(4)
     assert len(set(ports)) == 4
+
+
+def _host_addresses():
+    """127.0.0.1 and this machine's other IPv4 addresses (from `ip`, when present)."""
+    addresses = ["127.0.0.1"]
+    try:
+        text = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True,
+                              timeout=10).stdout
+    except OSError:
+        return addresses
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) > 3 and parts[2] == "inet":
+            address = parts[3].split("/")[0]
+            if address not in addresses:
+                addresses.append(address)
+    return addresses
+
+
+def _reachable(address, port):
+    import socket
+    with socket.socket() as s:
+        s.settimeout(2.0)
+        return s.connect_ex((address, port)) == 0
+
+
+def _can_unshare():
+    try:
+        return subprocess.run(["unshare", "--user", "--map-root-user", "--net", "true"],
+                              capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(not _can_unshare(),
+                    reason="no private network namespace here: the launcher warns instead")
+def test_a_launched_tensorflow_server_is_not_reachable_from_outside(tmp_path, procs):
+    """TensorFlow's gRPC server binds 0.0.0.0; the launcher's private network
+    namespace keeps it unreachable from this namespace, on every address."""
+    script = _script(tmp_path, '''
+        import tensorflow as tf
+        cluster = json.loads(os.environ["TF_CONFIG"])["cluster"]
+        server = tf.distribute.Server(tf.train.ClusterSpec(cluster), job_name="worker",
+                                      task_index=INDEX, protocol="grpc", start=True)
+        port = int(cluster["worker"][INDEX].rsplit(":", 1)[1])
+        _write(f"server{INDEX}", json.dumps({"port": port,
+                                             "interfaces": sorted(n for _, n in __import__("socket").if_nameindex())}))
+        deadline = time.time() + 120
+        while not os.path.exists(os.path.join(PIDDIR, "done")) and time.time() < deadline:
+            time.sleep(0.05)
+    ''')
+    p = procs.spawn(_cli("--workers", "1", script, procs.piddir))
+    info_path = os.path.join(procs.piddir, "server0")
+    try:
+        assert _wait_for(lambda: os.path.exists(info_path), 90), "the worker did not start"
+        with open(info_path) as f:
+            info = json.load(f)
+        assert info["interfaces"] == ["lo"]  # nothing but loopback inside
+        for address in _host_addresses():
+            assert not _reachable(address, info["port"]), (address, info["port"])
+    finally:
+        open(os.path.join(procs.piddir, "done"), "w").close()
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 0, out
+    assert "[launch] WARNING" not in out
+
+
+def test_share_network_warns_that_the_workers_are_reachable(tmp_path, procs):
+    script = _script(tmp_path, 'print("hello")\n')
+    out = io.StringIO()
+    code = launch_mod.launch(script, args=[procs.piddir], workers=1, output=out,
+                             share_network=True)
+    assert code == 0, out.getvalue()
+    assert "listen on all interfaces" in out.getvalue()

@@ -151,8 +151,10 @@ class SparseAllGather(cross_device_ops_lib.CollectiveAllReduce):
     """A `tf.distribute.CrossDeviceOps` for DGC's sparse exchange.
 
     Args:
-      devices: the local devices to reduce across; defaults to the logical GPUs,
-        or the logical CPUs when there is no GPU.
+      devices: the local devices to reduce across; None or an empty list (as
+        `[d.name for d in tf.config.list_logical_devices("GPU")]` is on a
+        machine without GPUs) means the logical GPUs, or the logical CPUs when
+        there is no GPU, as for `tf.distribute.MirroredStrategy`.
       group_size: replicas in the whole group (all workers); defaults to
         `len(devices)`.
       options: a `tf.distribute.experimental.CommunicationOptions`. A
@@ -179,10 +181,10 @@ class SparseAllGather(cross_device_ops_lib.CollectiveAllReduce):
     def __init__(self, devices=None, group_size=None, options=None, wire_dtype=None,
                  exchange="auto", collective_keys=None, canonicalize_devices=True):
         check_arguments(wire_dtype, exchange)
-        if devices is None:
+        devices = list(devices or ())
+        if not devices:  # None or [] (no GPUs): what MirroredStrategy falls back to
             devices = [d.name for d in (tf.config.list_logical_devices("GPU")
                                         or tf.config.list_logical_devices("CPU"))]
-        devices = list(devices)
         warn_if_collective_timeout(options)
         if collective_keys is None:
             collective_keys = cross_device_utils.CollectiveKeys(

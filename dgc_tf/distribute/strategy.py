@@ -28,7 +28,18 @@ class _SparseExchangeExtended(mwms_lib.CollectiveAllReduceExtended):
             self._cross_device_ops, **self._dgc_exchange_args)
 
     def _initialize_multi_worker(self, cluster_resolver):
-        super()._initialize_multi_worker(cluster_resolver)
+        try:
+            super()._initialize_multi_worker(cluster_resolver)
+        except RuntimeError as e:
+            if "configured at program startup" not in str(e):
+                raise
+            # TensorFlow's message names neither the cause nor the fix.
+            raise RuntimeError(
+                "dgc_tf.distribute.MultiWorkerMirroredStrategy() must be created before any other "
+                "TensorFlow call in the process (building a dataset, a model or a tensor, or "
+                "listing devices, starts TensorFlow's runtime, and collectives can only be "
+                "configured before that). Create the strategy first, right after the imports."
+            ) from e
         self._cross_device_ops = SparseAllGather.replacing(
             self._cross_device_ops, **self._dgc_exchange_args)
 

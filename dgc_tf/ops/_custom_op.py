@@ -2,11 +2,16 @@
 
 `load()` returns a callable `op(x, k, sample_ratio=0.01, seed=None)` that runs
 the compiled kernel, or None when the pure-TensorFlow fallback
-(`dgc_tf.ops.topk.sampled_topk_tf`) must be used: the library is missing
-(not built), fails to load (e.g. built for another TensorFlow), or the
-environment variable `DGC_TF_FORCE_FALLBACK=1` asks for the fallback.
-A missing or broken library is reported once with a warning that says how
-to rebuild. The result is cached for the life of the process.
+(`dgc_tf.ops.topk.sampled_topk_tf`) must be used.
+
+It tries, in order: the library installed next to this file; the per-user
+cache for the running TensorFlow (`dgc_tf.ops.build.cached_library_path()`);
+and, when neither loads (not built, or built for another TensorFlow) and a
+C++ compiler is present, a build of the shipped sources into that cache
+(once per TensorFlow version and ABI; `DGC_TF_REBUILD=0` turns this off).
+Otherwise it warns once with the one-line fix and falls back.
+`DGC_TF_FORCE_FALLBACK=1` asks for the fallback. The result is cached for the
+life of the process.
 
 The op has no XLA kernel: it cannot run inside `jit_compile=True` functions.
 """
@@ -19,9 +24,8 @@ import warnings
 LIBRARY_NAME = "_dgc_ops.so"
 OP_NAME = "DGC>SampledTopK"
 FORCE_FALLBACK_ENV = "DGC_TF_FORCE_FALLBACK"
-REBUILD_HINT = (
-    "rebuild it with `pip install --no-build-isolation -e .` (or `make install`) "
-    "from the dgc_tf source tree")
+REBUILD_ENV = "DGC_TF_REBUILD"
+REBUILD_HINT = "to build it for this TensorFlow, run: python -m dgc_tf.ops.build"
 
 _lock = threading.Lock()
 _UNSET = object()
@@ -69,33 +73,59 @@ def _make_op(module):
     return op
 
 
-def _load_uncached():
+def _load_library(path):
+    """The op module from the library at `path`; raises if it does not load."""
     global _gradient_registered
+    import tensorflow as tf
+
+    module = tf.load_op_library(path)
+    if not _gradient_registered:
+        try:
+            tf.no_gradient(OP_NAME)
+        except KeyError:  # already registered (e.g. module reloaded)
+            pass
+        _gradient_registered = True
+    return module
+
+
+def _rebuild_allowed():
+    return os.environ.get(REBUILD_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _load_uncached():
     if _force_fallback():
         logging.getLogger("dgc_tf").info(
             "%s=1: using the pure-TensorFlow sampled_topk.", FORCE_FALLBACK_ENV)
         return None
+    from dgc_tf.ops import build
+
     path = library_path()
     if not os.path.exists(path):
-        _warn(f"dgc_tf: the compiled op library {path} was not found, so the pure-TensorFlow "
-              f"fallback of sampled_topk is used (same results, slower); {REBUILD_HINT}.")
-        return None
-    try:
-        import tensorflow as tf
-
-        module = tf.load_op_library(path)
-        if not _gradient_registered:
-            try:
-                tf.no_gradient(OP_NAME)
-            except KeyError:  # already registered (e.g. module reloaded)
-                pass
-            _gradient_registered = True
-        return _make_op(module)
-    except Exception as e:  # noqa: BLE001 - any load failure means fallback
-        _warn(f"dgc_tf: could not load the compiled op library {path} ({type(e).__name__}: {e}); "
-              f"it was probably built for another TensorFlow. The pure-TensorFlow fallback of "
-              f"sampled_topk is used (same results, slower); {REBUILD_HINT}.")
-        return None
+        problem = f"the compiled op library {path} was not found"
+    else:
+        try:
+            return _make_op(_load_library(path))
+        except Exception as e:  # noqa: BLE001 - any load failure: try the cache
+            problem = (f"could not load the compiled op library {path} ({type(e).__name__}: "
+                       f"{e}); it was probably built for another TensorFlow")
+    cached = build.cached_library_path()
+    if os.path.exists(cached):
+        try:
+            return _make_op(_load_library(cached))
+        except Exception as e:  # noqa: BLE001
+            problem += f"; the cached build {cached} does not load either ({e})"
+    missing = build.compiler_problem() if _rebuild_allowed() else f"{REBUILD_ENV}=0"
+    if missing is None:
+        logging.getLogger("dgc_tf").warning(
+            "dgc_tf: %s; building it for this TensorFlow into %s (once).", problem, cached)
+        try:
+            build.build_op_library(cached, cuda=build._flag("DGC_TF_CUDA"), verbose=False)
+            return _make_op(_load_library(cached))
+        except Exception as e:  # noqa: BLE001
+            missing = f"the build failed ({type(e).__name__}: {str(e)[-2000:]})"
+    _warn(f"dgc_tf: {problem}, and it could not be rebuilt here ({missing}). The pure-TensorFlow "
+          f"fallback of sampled_topk is used (same results, slower); {REBUILD_HINT}")
+    return None
 
 
 def load():

@@ -186,10 +186,12 @@ absl::Status SampledTopKFunctor<CPUDevice, T, Tindices>::operator()(
       for (int64_t b = 0; b < blocks; ++b) fn(b);
       return;
     }
-    pool->ParallelFor(blocks, thread::ThreadPool::SchedulingParams::Fixed(1),
-                      [&fn](int64_t b0, int64_t b1) {
-                        for (int64_t b = b0; b < b1; ++b) fn(b);
-                      });
+    // Fixed blocks of one unit; spelled this way because
+    // SchedulingParams::Fixed is missing before TensorFlow 2.20.
+    pool->TransformRangeConcurrently(/*block_size=*/1, blocks,
+                                     [&fn](int64_t b0, int64_t b1) {
+                                       for (int64_t b = b0; b < b1; ++b) fn(b);
+                                     });
   };
 
   // Sample of magnitude keys.
