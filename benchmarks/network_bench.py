@@ -630,6 +630,8 @@ def plot(report, path):
         xs = range(len(rates))
         top = 0.0
         for mode, color, label in (("dense", "tab:red", "dense SGD"),
+                                   ("dense16", "tab:orange", "dense SGD, float16 wire"),
+                                   ("dgc_gather", "tab:purple", "DGC 99.9%, all-gather"),
                                    ("dgc", "tab:blue", "DGC 99.9%"),
                                    ("vgc", "tab:green", "VGC")):
             ys, failed = [], []
@@ -639,7 +641,7 @@ def plot(report, path):
                 if c.get("status") == "ok":
                     ys.append((x, c["median_step_s"]))
                     top = max(top, c["median_step_s"])
-                else:
+                elif c:  # run, and failed (an absent case was not run)
                     failed.append(x)
             if not ys and not failed:
                 continue  # mode not run
