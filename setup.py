@@ -34,8 +34,11 @@ CC_DIR = os.path.join("custom_ops", "cc")
 CPU_SOURCES = [
     os.path.join(CC_DIR, "ops", "sampled_topk_ops.cc"),
     os.path.join(CC_DIR, "kernels", "sampled_topk_kernels.cc"),
+    os.path.join(CC_DIR, "ops", "compress_step_ops.cc"),
+    os.path.join(CC_DIR, "kernels", "compress_step_kernels.cc"),
 ]
-CUDA_SOURCES = [os.path.join(CC_DIR, "kernels", "sampled_topk_kernels.cu.cc")]
+CUDA_SOURCES = [os.path.join(CC_DIR, "kernels", "sampled_topk_kernels.cu.cc"),
+                os.path.join(CC_DIR, "kernels", "compress_step_kernels.cu.cc")]
 INCLUDE_DIRS = [os.path.join(CC_DIR, "kernels")]
 
 

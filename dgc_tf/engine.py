@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from dgc_tf import compression
 from dgc_tf.distribute.payload import CompressedGradient, handed_bytes
+from dgc_tf.ops.compress_step import compress_step
 from dgc_tf.ops.topk import index_dtype_for
 
 
@@ -71,11 +72,31 @@ class Exchanged(NamedTuple):
 
 
 def densify(grad, variable):
-    """Embedding gradients arrive as IndexedSlices; the residual is dense."""
+    """An IndexedSlices gradient as a dense tensor (for a variable exchanged densely)."""
     if isinstance(grad, tf.IndexedSlices):
         rows = tf.math.unsorted_segment_sum(grad.values, grad.indices, variable.shape[0])
         return tf.reshape(rows, variable.shape)
     return tf.convert_to_tensor(grad)
+
+
+def prepare_gradient(grad, variable, compressed):
+    """A gradient in the variable's dtype, placed on this replica's device.
+
+    A compressed variable's `IndexedSlices` (an embedding's) stays sparse: the
+    compress step adds it into the residual row by row. tf.distribute batches
+    an all_reduce only when every value sits on a replica's device, and
+    gradients fed from outside (or a cond's outputs) may carry none: identity
+    places them here, or each variable would get a collective of its own.
+    """
+    if compressed and isinstance(grad, tf.IndexedSlices):
+        return tf.IndexedSlices(tf.identity(tf.cast(grad.values, variable.dtype)),
+                                tf.identity(grad.indices), grad.dense_shape)
+    return tf.identity(tf.cast(densify(grad, variable), variable.dtype))
+
+
+def _gradient_values(grad):
+    """The stored values of a gradient (an IndexedSlices' rows; zeros elsewhere are finite)."""
+    return grad.values if isinstance(grad, tf.IndexedSlices) else grad
 
 
 def _cross_device_ops():
@@ -121,18 +142,16 @@ def compress_and_exchange(config, grads, variables, slots, step):
     check_not_xla()
     ctx = replica_context()
     num_replicas = ctx.num_replicas_in_sync
-    # tf.distribute batches an all_reduce only when every value sits on a
-    # replica's device, and gradients fed from outside (or a cond's outputs)
-    # may carry none: identity places them here, or each variable would get
-    # a collective of its own.
-    grads = [tf.identity(tf.cast(densify(g, v), v.dtype)) for g, v in zip(grads, variables)]
+    grads = [prepare_gradient(g, v, slot.compressed)
+             for g, v, slot in zip(grads, variables, slots)]
 
     # A replica with NaN/Inf must not touch anyone's state. Agreeing on that
     # first (one scalar all-reduce) lets every replica update its residual and
     # momentum in place, or not at all, instead of computing new state beside
     # the old and choosing between them: for large models those copies cost
     # far more than the extra scalar collective.
-    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(_gradient_values(g)))
+                            for g in grads])
     flag = tf.reshape(tf.cast(tf.logical_not(finite), tf.float32), [1])
     ok = tf.equal(ctx.all_reduce(tf.distribute.ReduceOp.SUM, flag)[0], 0)
     grads = compression.local_clip(grads, config.local_clipnorm, num_replicas)
@@ -168,18 +187,12 @@ def _accumulate_and_select(config, slot, grad, k):
     """Momentum correction into the replica's state, selection, masking.
 
     Returns the selected `(values, flat indices)`; the state variables are
-    updated in place (replica-local assignments).
+    updated in place by one fused step (`dgc_tf.ops.compress_step`).
     """
-    u = tf.zeros_like(grad) if slot.momentum is None else slot.momentum.read_value()
-    u, v = compression.momentum_correction(
-        u, slot.residual.read_value(), grad, config.momentum, config.nesterov)
-    values, indices = compression.select(v, k, config.sample_ratio)
-    u, v = compression.mask_sent(u, v, indices, config.momentum_masking)
-    with tf.control_dependencies([values, indices]):
-        if slot.momentum is not None:
-            slot.momentum.assign(u)
-        slot.residual.assign(v)
-    return tf.identity(values), tf.identity(indices)
+    return compress_step(
+        slot.residual, slot.momentum, grad, k, momentum_factor=config.momentum,
+        nesterov=config.nesterov, momentum_masking=config.momentum_masking,
+        sample_ratio=config.sample_ratio)
 
 
 def apply_updates(distribution, config, variables, slots, exchanged, learning_rate,

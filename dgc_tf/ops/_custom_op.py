@@ -1,14 +1,16 @@
-"""Lazy loader for the compiled `DGC>SampledTopK` op (`_dgc_ops.so`).
+"""Lazy loader for the compiled ops (`_dgc_ops.so`): `DGC>SampledTopK`, `DGC>CompressStep`.
 
 `load()` returns a callable `op(x, k, sample_ratio=0.01, seed=None)` that runs
-the compiled kernel, or None when the pure-TensorFlow fallback
-(`dgc_tf.ops.topk.sampled_topk_tf`) must be used: the library is missing
+the compiled selection kernel, and `load_compress_step()` a callable running
+the fused step (see `dgc_tf.ops.compress_step`); each returns None when the
+pure-TensorFlow fallback (`dgc_tf.ops.topk.sampled_topk_tf`,
+`dgc_tf.ops.compress_step.compress_step_tf`) must be used: the library is missing
 (not built), fails to load (e.g. built for another TensorFlow), or the
 environment variable `DGC_TF_FORCE_FALLBACK=1` asks for the fallback.
 A missing or broken library is reported once with a warning that says how
 to rebuild. The result is cached for the life of the process.
 
-The op has no XLA kernel: it cannot run inside `jit_compile=True` functions.
+The ops have no XLA kernel: it cannot run inside `jit_compile=True` functions.
 """
 
 import logging
@@ -18,6 +20,8 @@ import warnings
 
 LIBRARY_NAME = "_dgc_ops.so"
 OP_NAME = "DGC>SampledTopK"
+# Ops without a gradient (no_gradient is registered for each once).
+OP_NAMES = (OP_NAME, "DGC>CompressStep", "DGC>SparseCompressStep")
 FORCE_FALLBACK_ENV = "DGC_TF_FORCE_FALLBACK"
 REBUILD_HINT = (
     "rebuild it with `pip install --no-build-isolation -e .` (or `make install`) "
@@ -44,6 +48,16 @@ def _warn(message):
     warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
+def k_tensor(k):
+    """`k` (Python int or integer tensor/variable) as the int32/int64 scalar the ops take."""
+    import tensorflow as tf
+
+    if tf.is_tensor(k) or isinstance(k, tf.Variable):
+        k = tf.convert_to_tensor(k)  # reads a variable
+        return k if k.dtype in (tf.int32, tf.int64) else tf.cast(k, tf.int64)
+    return tf.constant(int(k), dtype=tf.int64 if int(k) >= 2**31 else tf.int32)
+
+
 def _make_op(module):
     import tensorflow as tf
 
@@ -54,14 +68,8 @@ def _make_op(module):
     def op(x, k, sample_ratio=0.01, seed=None):
         """Compiled exact top-k by magnitude; see `dgc_tf.ops.topk.sampled_topk`."""
         x = tf.convert_to_tensor(x)
-        if tf.is_tensor(k) or isinstance(k, tf.Variable):
-            k = tf.convert_to_tensor(k)  # reads a variable
-            if k.dtype not in (tf.int32, tf.int64):
-                k = tf.cast(k, tf.int64)
-        else:  # Python / NumPy integer
-            k = tf.constant(int(k), dtype=tf.int64 if int(k) >= 2**31 else tf.int32)
         return raw(
-            x, k,
+            x, k_tensor(k),
             Tindices=index_dtype_for(x.shape.num_elements()),
             sample_ratio=float(sample_ratio),
             seed=-1 if seed is None else int(seed))
@@ -85,12 +93,13 @@ def _load_uncached():
 
         module = tf.load_op_library(path)
         if not _gradient_registered:
-            try:
-                tf.no_gradient(OP_NAME)
-            except KeyError:  # already registered (e.g. module reloaded)
-                pass
+            for name in OP_NAMES:
+                try:
+                    tf.no_gradient(name)
+                except KeyError:  # already registered (e.g. module reloaded)
+                    pass
             _gradient_registered = True
-        return _make_op(module)
+        return module
     except Exception as e:  # noqa: BLE001 - any load failure means fallback
         _warn(f"dgc_tf: could not load the compiled op library {path} ({type(e).__name__}: {e}); "
               f"it was probably built for another TensorFlow. The pure-TensorFlow fallback of "
@@ -98,14 +107,31 @@ def _load_uncached():
         return None
 
 
-def load():
-    """Returns a callable `(x, k, sample_ratio, seed) -> (values, indices)`, or None."""
+def _module():
+    """The loaded library (cached), or None for the fallback."""
     global _cached
     if _cached is _UNSET:
         with _lock:
             if _cached is _UNSET:
                 _cached = _load_uncached()
     return _cached
+
+
+def load():
+    """Returns a callable `(x, k, sample_ratio, seed) -> (values, indices)`, or None."""
+    module = _module()
+    return None if module is None else _make_op(module)
+
+
+def load_compress_step():
+    """The library's fused-step ops `(dense, sparse)` as generated wrappers, or None.
+
+    Also None when `load()` is (tests switch the compiled path off through it).
+    """
+    module = _module()
+    if module is None or load() is None:
+        return None
+    return module.dgc_compress_step, module.dgc_sparse_compress_step
 
 
 def _reset_for_tests():
