@@ -9,6 +9,9 @@ Tests of the compiled kernel skip when the library is not built, unless
 """
 
 import os
+import shutil
+import subprocess
+import tempfile
 
 import numpy as np
 import pytest
@@ -160,6 +163,15 @@ def test_embedding_gradient_stays_sparse_through_dgcsgd(path, monkeypatch):
         monkeypatch.setattr(_custom_op, "load", lambda: None)
     elif _custom_op.load_compress_step() is None:
         pytest.skip("the compiled op library is not built")
+    from dgc_tf import engine
+
+    seen = []  # what reaches the compress step: the IndexedSlices, not a dense table
+
+    def spy(residual, momentum, grad, *args, **kwargs):
+        seen.append(type(grad).__name__)
+        return compress_step(residual, momentum, grad, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "compress_step", spy)
     rng = np.random.default_rng(9)
     table = rng.normal(size=(500, 8)).astype(np.float32)
     grads = [tf.IndexedSlices(tf.constant(rng.normal(size=(6, 8)).astype(np.float32)),
@@ -167,6 +179,8 @@ def test_embedding_gradient_stays_sparse_through_dgcsgd(path, monkeypatch):
              for _ in range(3)]
     results = []
     for dense in (False, True):
+        if dense:
+            seen.append("dense run")
         var = keras.Variable(table)
         opt = dgc_tf.keras3.DGCSGD(0.1, momentum=0.9, compress_ratio=0.01, warmup_steps=0,
                                    min_compress_size=100)
@@ -181,3 +195,30 @@ def test_embedding_gradient_stays_sparse_through_dgcsgd(path, monkeypatch):
         results.append((var.numpy(), opt._dgc_slots.at(0).residual.numpy()))
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
+    sparse_traces, dense_traces = seen[:seen.index("dense run")], seen[seen.index("dense run"):]
+    assert sparse_traces and set(sparse_traces) == {"IndexedSlices"}, seen
+    assert "IndexedSlices" not in dense_traces, seen
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
+def test_cuda_sources_compile_with_nvcc():
+    """The fused step's TF CUDA kernel compiles, and its standalone test links (no TF flags)."""
+    kernels = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "custom_ops", "cc", "kernels")
+    nvcc = shutil.which("nvcc")
+    arch = ["-gencode", "arch=compute_90,code=sm_90"]
+    with tempfile.TemporaryDirectory() as tmp:
+        tf_kernel = [nvcc, "-std=c++17", "-c", "-x", "cu", "-Xcompiler", "-fPIC",
+                     "--expt-relaxed-constexpr", "-DNDEBUG", "-DGOOGLE_CUDA=1", "-O2", "-w",
+                     *arch, f"-I{kernels}", *tf.sysconfig.get_compile_flags(),
+                     os.path.join(kernels, "compress_step_kernels.cu.cc"),
+                     "-o", os.path.join(tmp, "kernels.cu.o")]
+        standalone = [nvcc, "-std=c++17", "-O2", "--expt-relaxed-constexpr", *arch,
+                      os.path.join(kernels, "compress_step_standalone_test.cu"),
+                      "-o", os.path.join(tmp, "compress_step_test")]
+        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for cmd in (tf_kernel, standalone)]
+        outs = [p.communicate(timeout=900)[0] for p in procs]
+        for cmd, p, out in zip((tf_kernel, standalone), procs, outs):
+            assert p.returncode == 0, f"{' '.join(cmd)}\n{out[-5000:]}"
+        assert os.path.getsize(os.path.join(tmp, "kernels.cu.o")) > 0
