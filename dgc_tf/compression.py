@@ -10,6 +10,10 @@ state and call these in order, once per compressed variable and step:
     val, idx = select(v, k, sample_ratio)
     u, v     = mask_sent(u, v, idx, momentum_masking)
 
+The engine runs the last four lines as one in-place step on the variables,
+`dgc_tf.ops.compress_step` (a compiled kernel, with these numbers), so these
+functions are the specification that step is tested against.
+
 Reference: Lin, Han, Mao, Wang, Dally, "Deep Gradient Compression", ICLR 2018,
 Algorithms 3 (momentum correction) and 4 (Nesterov); `docs/algorithm.md`.
 """
@@ -78,7 +82,8 @@ def local_clip(grads, clipnorm, num_replicas):
 
     The paper clips before accumulation, with the threshold scaled by
     `N^(-1/2)` because the sum of N independent local gradients has about
-    `sqrt(N)` times the norm of one. `grads` holds dense tensors (no None).
+    `sqrt(N)` times the norm of one. `grads` holds tensors or `tf.IndexedSlices`
+    (no None); an IndexedSlices stays sparse.
     """
     if clipnorm is None:
         return list(grads)
@@ -131,4 +136,7 @@ def flat_to_coords(indices, shape):
         return tf.zeros([tf.size(indices), 0], indices.dtype)
     if rank == 1:
         return indices[:, None]
-    return tf.transpose(tf.unravel_index(indices, tf.constant(shape, indices.dtype)))
+    # Row-major strides by hand: tf.unravel_index rejects an empty `indices`
+    # (VGC may select nothing).
+    strides = [math.prod(shape[j + 1:]) for j in range(rank)]
+    return tf.stack([(indices // stride) % dim for stride, dim in zip(strides, shape)], axis=1)

@@ -6,12 +6,13 @@ The step has two halves, split where tf.distribute splits them:
   gradients: it skips non-finite steps, clips locally, applies momentum
   correction into the replica's residual, selects the top-k entries, and
   hands every compressed gradient (as a `CompressedGradient`), the dense
-  gradients and a non-finite flag to ONE `all_reduce`; then it zeroes what
-  was applied (momentum masking too). Under `dgc_tf.distribute`'s exchange
-  that is a few packed collectives (routes chosen per variable, see
-  `SparseAllGather`), which say which entries were applied; under any other
-  strategy the compressed gradients are summed as ordinary
-  `tf.IndexedSlices` and a replica's own selection is what was applied.
+  gradients and a non-finite flag to ONE `all_reduce`. What was applied is
+  zeroed in the residual (momentum masking too). Where the exchange applies
+  the replica's own selection (any strategy but dgc_tf's leader route), one
+  fused compress step does all of that in place before the exchange; on the
+  leader route (`SparseAllGather`) the exchange applies a leader's indices,
+  so selection leaves the state unmasked and the entries the exchange says it
+  applied are zeroed after it.
 * `apply_updates` runs in cross-replica context (inside `merge_call`) and
   applies the exchanged update identically to every replica's copy of the
   weights: a sparse scatter for compressed variables, Keras SGD for the rest.
@@ -27,6 +28,7 @@ import tensorflow as tf
 
 from dgc_tf import compression
 from dgc_tf.distribute.payload import CompressedGradient, handed_bytes
+from dgc_tf.ops.compress_step import compress_step
 from dgc_tf.ops.topk import index_dtype_for
 
 
@@ -73,11 +75,26 @@ class Exchanged(NamedTuple):
 
 
 def densify(grad, variable):
-    """Embedding gradients arrive as IndexedSlices; the residual is dense."""
+    """An IndexedSlices gradient as a dense tensor (for a variable exchanged densely)."""
     if isinstance(grad, tf.IndexedSlices):
         rows = tf.math.unsorted_segment_sum(grad.values, grad.indices, variable.shape[0])
         return tf.reshape(rows, variable.shape)
     return tf.convert_to_tensor(grad)
+
+
+def prepare_gradient(grad, variable, compressed):
+    """A gradient in the variable's dtype, placed on this replica's device.
+
+    A compressed variable's `IndexedSlices` (an embedding's) stays sparse: the
+    compress step adds it into the residual row by row. tf.distribute batches
+    an all_reduce only when every value sits on a replica's device, and
+    gradients fed from outside (or a cond's outputs) may carry none: identity
+    places them here, or each variable would get a collective of its own.
+    """
+    if compressed and isinstance(grad, tf.IndexedSlices):
+        return tf.IndexedSlices(tf.identity(tf.cast(grad.values, variable.dtype)),
+                                tf.identity(grad.indices), grad.dense_shape)
+    return tf.identity(tf.cast(densify(grad, variable), variable.dtype))
 
 
 def _cross_device_ops():
@@ -140,11 +157,9 @@ def compress_and_exchange(config, grads, variables, slots, step):
     check_not_xla()
     ctx = replica_context()
     num_replicas = ctx.num_replicas_in_sync
-    # tf.distribute batches an all_reduce only when every value sits on a
-    # replica's device, and gradients fed from outside (or a cond's outputs)
-    # may carry none: identity places them here, or each variable would get
-    # a collective of its own.
-    grads = [tf.identity(tf.cast(densify(g, v), v.dtype)) for g, v in zip(grads, variables)]
+    grads = [prepare_gradient(g, v, slot.compressed)
+             for g, v, slot in zip(grads, variables, slots)]
+    exchange = _cross_device_ops()
 
     # A replica with NaN/Inf must not touch anyone's state. Agreeing on that
     # first (one scalar all-reduce) lets every replica update its residual and
@@ -158,38 +173,52 @@ def compress_and_exchange(config, grads, variables, slots, step):
     # compressed variable and the dense gradients. On a skipped step it still
     # takes part (collectives need everyone) with k zeros, which apply_updates
     # never applies.
-    handed = []
+    handed, masks_after = [], []
     for grad, var, slot in zip(grads, variables, slots):
         if not slot.compressed:
             handed.append(grad)
+            masks_after.append(False)
             continue
         size = var.shape.num_elements()
         k = compression.selected_count(size, step, config.compress_ratio, config.warmup_steps)
+        densities = (compression.stage_densities(config.compress_ratio)
+                     if config.warmup_steps else [config.compress_ratio])
+        max_count = max(compression.num_selected(size, d) for d in densities)
+        # Routes that apply this replica's own selection let the fused step
+        # mask it in place; a leader's route applies other entries, so its
+        # selection leaves the state unmasked and the exchange says below
+        # what to zero.
+        route_for = getattr(exchange, "route_for", None)
+        own_selection = route_for is None or route_for(
+            size, max_count, var.dtype, index_dtype_for(size)) != "leader"
+        if own_selection:
+            select = lambda grad=grad, slot=slot, k=k: (  # noqa: E731
+                *_compress_step(config, slot, grad, k), tf.reshape(slot.residual, [-1]))
+        else:
+            select = lambda grad=grad, var=var, slot=slot, k=k: _accumulate_and_select(  # noqa: E731
+                config, slot, densify(grad, var), k)
         values, indices, residual = tf.cond(
-            ok,
-            lambda grad=grad, slot=slot, k=k: _accumulate_and_select(config, slot, grad, k),
+            ok, select,
             lambda grad=grad, slot=slot, k=k: (
                 tf.zeros([k], grad.dtype), tf.zeros([k], index_dtype_for(size)),
                 tf.reshape(slot.residual.read_value(), [-1])))
         values, indices = tf.identity(values), tf.identity(indices)  # placed: see below
         # The exchange may apply other entries than these (a leader's): it gets
         # the residual to read them from, and says below what it applied.
-        densities = (compression.stage_densities(config.compress_ratio)
-                     if config.warmup_steps else [config.compress_ratio])
         handed.append(CompressedGradient(
             values, indices, tf.constant([size], indices.dtype), residual=residual,
             replica_rank=ctx.replica_id_in_sync_group, step=step,
-            max_count=max(compression.num_selected(size, d) for d in densities), variable_name=var.name))
+            max_count=max_count, variable_name=var.name))
+        masks_after.append(not own_selection)
 
     updates = ctx.all_reduce(tf.distribute.ReduceOp.SUM, handed)
-    for sent, update, slot in zip(handed, updates, slots):
-        if slot.compressed:
+    for sent, update, slot, mask in zip(handed, updates, slots, masks_after):
+        if mask:
             # Zero what was applied, and only that: the rest stays pending.
             applied = getattr(update, "applied", sent.indices)
             tf.cond(ok, lambda slot=slot, applied=applied: _mask_applied(config, slot, applied),
                     lambda: tf.constant(False))
 
-    exchange = _cross_device_ops()
     if hasattr(exchange, "wire_bytes"):
         # What the exchange's collectives put on the wire per replica, and what
         # a dense all-reduce would: their ratio is the traffic saved.
@@ -199,6 +228,19 @@ def compress_and_exchange(config, grads, variables, slots, step):
         bytes_sent = handed_bytes(handed + [flag], getattr(exchange, "wire_dtype", None))
         dense_bytes = float(sum(v.shape.num_elements() * v.dtype.size for v in variables))
     return Exchanged(updates, ok, bytes_sent, dense_bytes)
+
+
+def _compress_step(config, slot, grad, k):
+    """Momentum correction, selection and masking of what was selected, in place.
+
+    For routes that apply this replica's own selection. Returns the selected
+    `(values, flat indices)`; the state variables are updated by one fused
+    step (`dgc_tf.ops.compress_step`; a dense or `IndexedSlices` gradient).
+    """
+    return compress_step(
+        slot.residual, slot.momentum, grad, k, momentum_factor=config.momentum,
+        nesterov=config.nesterov, momentum_masking=config.momentum_masking,
+        sample_ratio=config.sample_ratio)
 
 
 def _accumulate_and_select(config, slot, grad, k):

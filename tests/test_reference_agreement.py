@@ -3,8 +3,12 @@
 The reference (tests/dgc_reference.py) was written from the specification
 alone; agreement of weights and of every replica's residual and momentum after
 every step checks momentum correction, selection, masking, clipping, weight
-decay, warm-up and the exchange together, for both Keras flavours.
+decay, warm-up and the exchange together, for both Keras flavours and both
+paths of the fused compress step: the compiled `DGC>CompressStep` kernel and
+the pure-TensorFlow fallback.
 """
+
+import os
 
 import numpy as np
 import pytest
@@ -27,9 +31,23 @@ CASES = {
 }
 
 
+@pytest.fixture(params=["compiled", "fallback"])
+def path(request, monkeypatch):
+    """Which compress step runs: the compiled kernel, or the fallback (the op switched off)."""
+    from dgc_tf.ops import _custom_op
+
+    if request.param == "fallback":
+        monkeypatch.setattr(_custom_op, "load", lambda: None)
+    elif _custom_op.load_compress_step() is None:
+        if os.environ.get("DGC_TF_REQUIRE_OP", "").strip().lower() in ("1", "true", "yes", "on"):
+            pytest.fail("DGC_TF_REQUIRE_OP=1 but the compiled op library is not built")
+        pytest.skip("the compiled op library is not built")
+    return request.param
+
+
 @pytest.mark.parametrize("flavour", harness.FLAVOURS)
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_matches_reference_step_by_step(flavour, case):
+def test_matches_reference_step_by_step(flavour, case, path):
     kwargs = dict(CASES[case], learning_rate=0.1)
     rng = np.random.default_rng(sum(map(ord, case)))
     weights = [rng.normal(size=s).astype(np.float32) for s in SHAPES]
@@ -62,15 +80,6 @@ def test_matches_reference_step_by_step(flavour, case):
                         got, reference.u[replica][j], rtol=1e-5, atol=1e-5,
                         err_msg=f"{case}: momentum of variable {j}, replica {replica}")
     assert int(run.optimizer.iterations.numpy()) == STEPS
-
-
-@pytest.mark.parametrize("flavour", harness.FLAVOURS)
-def test_matches_reference_with_the_pure_tf_fallback(flavour, monkeypatch):
-    """The same agreement with the compiled op switched off (the fallback path)."""
-    from dgc_tf.ops import _custom_op
-
-    monkeypatch.setattr(_custom_op, "load", lambda: None)
-    test_matches_reference_step_by_step(flavour, "nesterov")
 
 
 @pytest.mark.parametrize("flavour", harness.FLAVOURS)

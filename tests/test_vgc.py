@@ -171,7 +171,7 @@ def test_bytes_count_the_size_table_and_the_padding():
     reference.step(weights, grads, sq, [4, 6])
     counts = np.array(reference.last_counts)[:, :2]
     padded = np.maximum(counts.max(axis=0), 1)
-    table = 2 * (2 * 2 + 1)  # [N, 2C + 1] float32 words
+    table = 1 + 2 * (2 * 2)  # the non-finite flag, then a [N, 2C] table of float32 words
     dense = 50 + 100
     assert run.optimizer.compression_stats()["last_bytes_sent"] == \
         4 * (table + 2 * padded.sum() + dense)

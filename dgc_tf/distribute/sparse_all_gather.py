@@ -230,12 +230,26 @@ class SparseAllGather(cross_device_ops_lib.CollectiveAllReduce):
         """The route of one `CompressedGradient` (see the module docstring)."""
         if gradient.residual is None or gradient.max_count is None:
             return "allgather"  # pre-masked entries (VGC's, hand-built): as they are
-        size = gradient.residual.shape.num_elements()
-        value_bytes = (self.wire_dtype or gradient.values.dtype).size
+        return self.route_for(gradient.residual.shape.num_elements(), gradient.max_count,
+                              gradient.values.dtype, gradient.indices.dtype)
+
+    def route_for(self, size, max_count, value_dtype, index_dtype):
+        """The route a compressed variable will take, known before it is selected.
+
+        Args:
+          size: the variable's number of elements.
+          max_count: the most entries it sends in any step (warm-up included).
+          value_dtype: the dtype of its values (before `wire_dtype`).
+          index_dtype: `tf.int32` or `tf.int64`, its flat indices' dtype.
+        Returns:
+          "leader", "allgather" or "dense". Only "leader" applies other entries
+          than the replica's own selection.
+        """
+        value_bytes = (self.wire_dtype or tf.as_dtype(value_dtype)).size
+        index_dtype = tf.as_dtype(index_dtype)
         return choose_route(
-            self.exchange, size, gradient.max_count, self._group_size, value_bytes,
-            value_bytes, gradient.indices.dtype.size,
-            leader_possible=gradient.indices.dtype == tf.int32 and size < LEADER_MAX_SIZE)
+            self.exchange, size, max_count, self._group_size, value_bytes, value_bytes,
+            index_dtype.size, leader_possible=index_dtype == tf.int32 and size < LEADER_MAX_SIZE)
 
     def wire_bytes(self, flat_values):
         """Bytes a replica puts on the wire when it all-reduces `flat_values` here.

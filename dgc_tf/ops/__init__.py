@@ -1,5 +1,7 @@
-"""Selection ops: exact top-k by magnitude with a sampled-threshold pre-filter."""
+"""Compiled ops with pure-TF fallbacks: exact top-k selection and the fused, in-place DGC step."""
 
+from dgc_tf.ops.compress_step import compress_step, compress_step_tf
 from dgc_tf.ops.topk import sampled_topk, sampled_topk_tf, using_custom_op
 
-__all__ = ["sampled_topk", "sampled_topk_tf", "using_custom_op"]
+__all__ = ["compress_step", "compress_step_tf", "sampled_topk", "sampled_topk_tf",
+           "using_custom_op"]

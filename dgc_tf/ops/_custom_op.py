@@ -1,8 +1,10 @@
-"""Lazy loader for the compiled `DGC>SampledTopK` op (`_dgc_ops.so`).
+"""Lazy loader for the compiled ops (`_dgc_ops.so`): `DGC>SampledTopK`, `DGC>CompressStep`.
 
 `load()` returns a callable `op(x, k, sample_ratio=0.01, seed=None)` that runs
-the compiled kernel, or None when the pure-TensorFlow fallback
-(`dgc_tf.ops.topk.sampled_topk_tf`) must be used.
+the compiled selection kernel, and `load_compress_step()` the fused step's ops
+(see `dgc_tf.ops.compress_step`); each returns None when the pure-TensorFlow
+fallback (`dgc_tf.ops.topk.sampled_topk_tf`,
+`dgc_tf.ops.compress_step.compress_step_tf`) must be used.
 
 It tries, in order: the library installed next to this file; the per-user
 cache for the running TensorFlow (`dgc_tf.ops.build.cached_library_path()`);
@@ -13,7 +15,7 @@ Otherwise it warns once with the one-line fix and falls back.
 `DGC_TF_FORCE_FALLBACK=1` asks for the fallback. The result is cached for the
 life of the process.
 
-The op has no XLA kernel: it cannot run inside `jit_compile=True` functions.
+The ops have no XLA kernel: they cannot run inside `jit_compile=True` functions.
 """
 
 import logging
@@ -23,6 +25,8 @@ import warnings
 
 LIBRARY_NAME = "_dgc_ops.so"
 OP_NAME = "DGC>SampledTopK"
+# Ops without a gradient (no_gradient is registered for each once).
+OP_NAMES = (OP_NAME, "DGC>CompressStep", "DGC>SparseCompressStep")
 FORCE_FALLBACK_ENV = "DGC_TF_FORCE_FALLBACK"
 REBUILD_ENV = "DGC_TF_REBUILD"
 REBUILD_HINT = "to build it for this TensorFlow, run: python -m dgc_tf.ops.build"
@@ -48,6 +52,16 @@ def _warn(message):
     warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
+def k_tensor(k):
+    """`k` (Python int or integer tensor/variable) as the int32/int64 scalar the ops take."""
+    import tensorflow as tf
+
+    if tf.is_tensor(k) or isinstance(k, tf.Variable):
+        k = tf.convert_to_tensor(k)  # reads a variable
+        return k if k.dtype in (tf.int32, tf.int64) else tf.cast(k, tf.int64)
+    return tf.constant(int(k), dtype=tf.int64 if int(k) >= 2**31 else tf.int32)
+
+
 def _make_op(module):
     import tensorflow as tf
 
@@ -58,14 +72,8 @@ def _make_op(module):
     def op(x, k, sample_ratio=0.01, seed=None):
         """Compiled exact top-k by magnitude; see `dgc_tf.ops.topk.sampled_topk`."""
         x = tf.convert_to_tensor(x)
-        if tf.is_tensor(k) or isinstance(k, tf.Variable):
-            k = tf.convert_to_tensor(k)  # reads a variable
-            if k.dtype not in (tf.int32, tf.int64):
-                k = tf.cast(k, tf.int64)
-        else:  # Python / NumPy integer
-            k = tf.constant(int(k), dtype=tf.int64 if int(k) >= 2**31 else tf.int32)
         return raw(
-            x, k,
+            x, k_tensor(k),
             Tindices=index_dtype_for(x.shape.num_elements()),
             sample_ratio=float(sample_ratio),
             seed=-1 if seed is None else int(seed))
@@ -80,10 +88,11 @@ def _load_library(path):
 
     module = tf.load_op_library(path)
     if not _gradient_registered:
-        try:
-            tf.no_gradient(OP_NAME)
-        except KeyError:  # already registered (e.g. module reloaded)
-            pass
+        for name in OP_NAMES:
+            try:
+                tf.no_gradient(name)
+            except KeyError:  # already registered (e.g. module reloaded)
+                pass
         _gradient_registered = True
     return module
 
@@ -93,6 +102,7 @@ def _rebuild_allowed():
 
 
 def _load_uncached():
+    """The op library's module, or None for the fallback (warned about once)."""
     if _force_fallback():
         logging.getLogger("dgc_tf").info(
             "%s=1: using the pure-TensorFlow sampled_topk.", FORCE_FALLBACK_ENV)
@@ -104,14 +114,14 @@ def _load_uncached():
         problem = f"the compiled op library {path} was not found"
     else:
         try:
-            return _make_op(_load_library(path))
+            return _load_library(path)
         except Exception as e:  # noqa: BLE001 - any load failure: try the cache
             problem = (f"could not load the compiled op library {path} ({type(e).__name__}: "
                        f"{e}); it was probably built for another TensorFlow")
     cached = build.cached_library_path()
     if os.path.exists(cached):
         try:
-            return _make_op(_load_library(cached))
+            return _load_library(cached)
         except Exception as e:  # noqa: BLE001
             problem += f"; the cached build {cached} does not load either ({e})"
     missing = build.compiler_problem() if _rebuild_allowed() else f"{REBUILD_ENV}=0"
@@ -120,7 +130,7 @@ def _load_uncached():
             "dgc_tf: %s; building it for this TensorFlow into %s (once).", problem, cached)
         try:
             build.build_op_library(cached, cuda=build._flag("DGC_TF_CUDA"), verbose=False)
-            return _make_op(_load_library(cached))
+            return _load_library(cached)
         except Exception as e:  # noqa: BLE001
             missing = f"the build failed ({type(e).__name__}: {str(e)[-2000:]})"
     _warn(f"dgc_tf: {problem}, and it could not be rebuilt here ({missing}). The pure-TensorFlow "
@@ -128,14 +138,32 @@ def _load_uncached():
     return None
 
 
-def load():
-    """Returns a callable `(x, k, sample_ratio, seed) -> (values, indices)`, or None."""
+def _module():
+    """The loaded library (cached), or None for the fallback."""
     global _cached
     if _cached is _UNSET:
         with _lock:
             if _cached is _UNSET:
                 _cached = _load_uncached()
     return _cached
+
+
+def load():
+    """Returns a callable `(x, k, sample_ratio, seed) -> (values, indices)`, or None."""
+    module = _module()
+    return None if module is None else _make_op(module)
+
+
+def load_compress_step():
+    """The library's fused-step ops `(dense, sparse)` as generated wrappers, or None.
+
+    Also None when `load()` is (tests switch the compiled path off through it),
+    and for a library built before the fused step existed.
+    """
+    module = _module()
+    if module is None or load() is None or not hasattr(module, "dgc_compress_step"):
+        return None
+    return module.dgc_compress_step, module.dgc_sparse_compress_step
 
 
 def _reset_for_tests():

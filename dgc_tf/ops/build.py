@@ -30,8 +30,11 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 SOURCE_DIRS = (os.path.join(_PACKAGE_DIR, "cc"),
                os.path.join(os.path.dirname(os.path.dirname(_PACKAGE_DIR)), "custom_ops", "cc"))
 CPU_SOURCES = [os.path.join("ops", "sampled_topk_ops.cc"),
-               os.path.join("kernels", "sampled_topk_kernels.cc")]
-CUDA_SOURCES = [os.path.join("kernels", "sampled_topk_kernels.cu.cc")]
+               os.path.join("kernels", "sampled_topk_kernels.cc"),
+               os.path.join("ops", "compress_step_ops.cc"),
+               os.path.join("kernels", "compress_step_kernels.cc")]
+CUDA_SOURCES = [os.path.join("kernels", "sampled_topk_kernels.cu.cc"),
+                os.path.join("kernels", "compress_step_kernels.cu.cc")]
 INCLUDE_DIRS = ["kernels"]
 
 

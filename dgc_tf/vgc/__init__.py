@@ -59,9 +59,10 @@ Design decisions
   With `alpha=0` every nonzero element is sent at once and VGCSGD equals
   `keras.optimizers.SGD` with the same momentum.
 * **Variable-size payload.** Each replica sends a different, data-dependent
-  count per variable and step. The optimizer first all-reduces a small size
-  table (each replica fills its row with its counts and its non-finite flag,
-  2 float32 words per variable, exact to 2^36), then pads every replica's
+  count per variable and step. After agreeing on finiteness (one scalar, so
+  that r and s are updated in place or not at all) the optimizer all-reduces
+  a small size table (each replica fills its row with its counts, 2 float32
+  words per variable, exact to 2^36), then pads every replica's
   entries with (0.0 at index 0) to the per-step maximum over replicas (at
   least 1) and hands them as ordinary `CompressedGradient`s plus the dense
   gradients to one `all_reduce`. Under `SparseAllGather` (and dgc_tf's

@@ -14,6 +14,7 @@ import tensorflow as tf
 from dgc_tf import engine
 from dgc_tf.config import CompressorConfig, check_number
 from dgc_tf.distribute.payload import CompressedGradient, handed_bytes
+from dgc_tf.ops.compress_step import zero_at
 
 # Per compressed variable the size table carries its count as two float32
 # words (count = hi * 4096 + lo), exact to 2**36 entries although the
@@ -69,8 +70,12 @@ def select(r, mask):
 
 def reset_sent(r, s, mask, zeta):
     """Zero `r` and `s` where sent; decay `s` by `zeta` elsewhere."""
-    zeros = tf.zeros_like(r)
-    return tf.where(mask, zeros, r), tf.where(mask, zeros, s * tf.cast(zeta, s.dtype))
+    return tf.where(mask, tf.zeros_like(r), r), decay_unsent(s, mask, zeta)
+
+
+def decay_unsent(s, mask, zeta):
+    """`s` zeroed where sent and decayed by `zeta` elsewhere."""
+    return tf.where(mask, tf.zeros_like(s), s * tf.cast(zeta, s.dtype))
 
 
 def pad_to(values, indices, count):
@@ -170,12 +175,14 @@ class VGCExchanged(NamedTuple):
 def compress_and_exchange(config, grads, grad_sq_means, batch_size, variables, slots):
     """The replica-local half of a VGC step.
 
-    Two calls of the replica context's `all_reduce` (through the strategy's
+    Three calls of the replica context's `all_reduce` (through the strategy's
     CrossDeviceOps, `SparseAllGather` included):
 
-    1. a size table `[N, 2 * C + 1]` (each replica fills its own row with its
-       counts per compressed variable and its non-finite flag; the sum tells
-       every replica everybody's counts);
+    0. the non-finite flags (one scalar): a skipped step leaves r and s alone,
+       so the state can be updated in place;
+    1. a size table `[N, 2 * C]` (each replica fills its own row with its
+       counts per compressed variable; the sum tells every replica
+       everybody's counts), when there are compressed variables;
     2. one `CompressedGradient` per compressed variable, padded to the per-step
        maximum count over replicas (so every replica hands the same layout),
        plus the dense gradients.
@@ -186,10 +193,13 @@ def compress_and_exchange(config, grads, grad_sq_means, batch_size, variables, s
     grads = [tf.cast(engine.densify(g, v), v.dtype) for g, v in zip(grads, variables)]
     sq = [None if q is None else tf.cast(engine.densify(q, v), v.dtype)
           for q, v in zip(grad_sq_means, variables)]
+    # As in engine.compress_and_exchange: agree on finiteness first (one scalar
+    # all-reduce), so that every replica updates r and s in place or not at
+    # all, instead of keeping old and new copies to choose between.
     finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in grads + sq
                             if t is not None])
-    grads = [tf.where(finite, g, tf.zeros_like(g)) for g in grads]
-    sq = [None if q is None else tf.where(finite, q, tf.zeros_like(q)) for q in sq]
+    flag = tf.reshape(tf.cast(tf.logical_not(finite), tf.float32), [1])
+    ok = tf.equal(ctx.all_reduce(tf.distribute.ReduceOp.SUM, flag)[0], 0)
     batch_size = tf.convert_to_tensor(batch_size)
     if config.local_clipnorm is not None:
         threshold = config.local_clipnorm / float(num_replicas) ** 0.5
@@ -206,23 +216,24 @@ def compress_and_exchange(config, grads, grad_sq_means, batch_size, variables, s
         if grad_sq is None:
             raise ValueError(
                 f"VGCSGD needs `grad_sq_means` for compressed variable `{var.name}`.")
-        old_r, old_s = tf.identity(slot.r), tf.identity(slot.s)
-        r, s = accumulate(old_r, old_s, grad, grad_sq)
-        mask = unambiguous(r, s, config.alpha, batch_size)
-        values, indices = select(r, mask)
-        new_r, new_s = reset_sent(r, s, mask, config.zeta)
-        staged.append((slot, old_r, old_s, new_r, new_s, values, indices))
+        index_dtype = tf.int32 if var.shape.num_elements() < 2**31 else tf.int64
+        values, indices = tf.cond(
+            ok,
+            lambda grad=grad, grad_sq=grad_sq, slot=slot: _accumulate_select_reset(
+                config, slot, grad, grad_sq, batch_size),
+            lambda grad=grad: (tf.zeros([0], grad.dtype), tf.zeros([0], index_dtype)))
+        staged.append((values, indices, var.shape.num_elements()))
         counts.append(tf.size(indices, out_type=tf.int32))
 
-    # 1. Size exchange (and the non-finite flag).
+    # 1. Size exchange.
     row = [tf.cast(x, tf.float32) for c in counts for x in (c // _COUNT_BASE, c % _COUNT_BASE)]
-    row.append(tf.cast(tf.logical_not(finite), tf.float32))
-    replica = tf.cast(ctx.replica_id_in_sync_group, tf.int32)
-    table = tf.scatter_nd([[replica]], tf.stack(row)[None, :], [num_replicas, len(row)])
-    table = ctx.all_reduce(tf.distribute.ReduceOp.SUM, table)
-    ok = tf.equal(tf.reduce_sum(table[:, -1]), 0.0)
-    all_counts = (tf.cast(table[:, 0:-1:2], tf.int64) * _COUNT_BASE
-                  + tf.cast(table[:, 1:-1:2], tf.int64))  # [N, C]
+    table = tf.zeros([num_replicas, 0], tf.float32)
+    if row:
+        replica = tf.cast(ctx.replica_id_in_sync_group, tf.int32)
+        table = tf.scatter_nd([[replica]], tf.stack(row)[None, :], [num_replicas, len(row)])
+        table = ctx.all_reduce(tf.distribute.ReduceOp.SUM, table)
+    all_counts = (tf.cast(table[:, 0::2], tf.int64) * _COUNT_BASE
+                  + tf.cast(table[:, 1::2], tf.int64))  # [N, C]
     max_counts = tf.cast(tf.maximum(tf.reduce_max(all_counts, axis=0), 1), tf.int32)
 
     # 2. Padded sparse entries and dense gradients in one all_reduce.
@@ -231,27 +242,35 @@ def compress_and_exchange(config, grads, grad_sq_means, batch_size, variables, s
         if stage is None:
             handed.append(grad)
             continue
-        slot, old_r, old_s, new_r, new_s, values, indices = stage
+        values, indices, size = stage
         values, indices = pad_to(values, indices, max_counts[c])
-        size = new_r.shape.num_elements()
         handed.append(CompressedGradient(values, indices, tf.constant([size], indices.dtype)))
         c += 1
     updates = ctx.all_reduce(tf.distribute.ReduceOp.SUM, handed)
 
-    for stage in staged:
-        if stage is None:
-            continue
-        slot, old_r, old_s, new_r, new_s, _, _ = stage
-        slot.r.assign(tf.where(ok, new_r, old_r))
-        slot.s.assign(tf.where(ok, new_s, old_s))
-
     wire_dtype = getattr(engine._cross_device_ops(), "wire_dtype", None)
-    bytes_sent = handed_bytes([table] + handed, wire_dtype)
+    bytes_sent = handed_bytes([flag, table] + handed, wire_dtype)
     dense_bytes = float(sum(v.shape.num_elements() * v.dtype.size for v in variables))
     sent = tf.reduce_sum(tf.cast(all_counts, tf.float64))
     compressed_elements = float(num_replicas * sum(
         v.shape.num_elements() for v, s in zip(variables, slots) if s.compressed))
     return VGCExchanged(updates, ok, bytes_sent, dense_bytes, sent, compressed_elements)
+
+
+def _accumulate_select_reset(config, slot, grad, grad_sq, batch_size):
+    """`accumulate`, `unambiguous`, `select` and `reset_sent` on the replica's state, in place.
+
+    Returns the selected `(values, flat indices)` of r before the reset.
+    """
+    slot.r.assign_add(grad)
+    slot.s.assign_add(grad_sq)
+    r, s = slot.r.read_value(), slot.s.read_value()
+    mask = unambiguous(r, s, config.alpha, batch_size)
+    values, indices = select(r, mask)
+    with tf.control_dependencies([values, indices]):
+        zero_at(slot.r, indices)
+        slot.s.assign(decay_unsent(s, mask, config.zeta))
+    return tf.identity(values), tf.identity(indices)
 
 
 def densify_momentum_updates(exchanged, variables, slots):

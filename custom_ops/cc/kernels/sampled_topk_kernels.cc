@@ -398,6 +398,15 @@ absl::Status SampledTopKFunctor<CPUDevice, T, Tindices>::operator()(
 
 }  // namespace functor
 
+// Explicit instantiations: DGC>CompressStep (compress_step_kernels.cc)
+// selects with the same functor.
+template struct functor::SampledTopKFunctor<CPUDevice, float, int32>;
+template struct functor::SampledTopKFunctor<CPUDevice, float, int64_t>;
+template struct functor::SampledTopKFunctor<CPUDevice, Eigen::half, int32>;
+template struct functor::SampledTopKFunctor<CPUDevice, Eigen::half, int64_t>;
+template struct functor::SampledTopKFunctor<CPUDevice, bfloat16, int32>;
+template struct functor::SampledTopKFunctor<CPUDevice, bfloat16, int64_t>;
+
 template <typename Device, typename T, typename Tk, typename Tindices>
 class SampledTopKOp : public OpKernel {
  public:
