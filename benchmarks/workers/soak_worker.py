@@ -94,6 +94,9 @@ with strategy.scope():
     else:
         optimizer = keras.optimizers.SGD(learning_rate=0.05, momentum=0.9)
     model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+if args.optimizer == "vgc":
+    # VGC's fit step: micro-batch gradients for its variance estimate.
+    dgc_tf.vgc.use_micro_batch_step(model, 2)
 
 sampler = Sampler(args.steps // args.samples)
 model.fit(dataset, epochs=1, steps_per_epoch=args.steps, verbose=0, callbacks=[sampler])
