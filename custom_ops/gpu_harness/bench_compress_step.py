@@ -16,22 +16,17 @@ import argparse
 import ctypes
 import json
 import os
-import subprocess
 
 import torch
+
+from bench_vs_torch import build_library  # the harnesses' one nvcc build (same folder)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.join(HERE, "dgc_compress_step_capi.cu")
 
 
 def build(out_dir, nvcc="nvcc", arch="native"):
-    lib = os.path.join(out_dir, "libdgc_compress_step.so")
-    os.makedirs(out_dir, exist_ok=True)
-    cmd = [nvcc, "-std=c++17", "-O3", "--expt-relaxed-constexpr", f"-arch={arch}", "-shared",
-           "-Xcompiler", "-fPIC", "-o", lib, SOURCE]
-    print(" ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
-    return lib
+    return build_library(SOURCE, "libdgc_compress_step.so", out_dir, nvcc, arch)
 
 
 class CompressStep:

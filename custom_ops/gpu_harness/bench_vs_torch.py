@@ -30,16 +30,23 @@ DEPS = [SOURCE] + [os.path.join(HERE, "..", "cc", "kernels", f) for f in (
 FORMATS = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
-def build(out_dir, nvcc="nvcc", arch="native"):
-    lib = os.path.join(out_dir, "libdgc_topk.so")
-    if os.path.exists(lib) and all(os.path.getmtime(lib) >= os.path.getmtime(d) for d in DEPS):
+def build_library(source, lib_name, out_dir, nvcc="nvcc", arch="native", deps=()):
+    """Compiles `source` (a C-API .cu file) into `out_dir/lib_name` with nvcc, unless
+    that library is newer than every file in `deps`; returns its path."""
+    lib = os.path.join(out_dir, lib_name)
+    if deps and os.path.exists(lib) and all(
+            os.path.getmtime(lib) >= os.path.getmtime(d) for d in deps):
         return lib
     os.makedirs(out_dir, exist_ok=True)
     cmd = [nvcc, "-std=c++17", "-O3", "--expt-relaxed-constexpr", f"-arch={arch}", "-shared",
-           "-Xcompiler", "-fPIC", "-o", lib, SOURCE]
+           "-Xcompiler", "-fPIC", "-o", lib, source]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     return lib
+
+
+def build(out_dir, nvcc="nvcc", arch="native"):
+    return build_library(SOURCE, "libdgc_topk.so", out_dir, nvcc, arch, deps=DEPS)
 
 
 class SampledTopK:
