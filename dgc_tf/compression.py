@@ -63,6 +63,15 @@ def num_selected(size, density):
     return min(max(1, k), size)
 
 
+def stage_counts(size, compress_ratio, warmup_steps):
+    """k of each density stage the schedule reaches, as Python ints (the last: after warm-up).
+
+    Without warm-up, only the final density's count.
+    """
+    densities = stage_densities(compress_ratio) if warmup_steps else [compress_ratio]
+    return [num_selected(size, d) for d in densities]
+
+
 def selected_count(size, step, compress_ratio, warmup_steps):
     """k for a variable of `size` elements at step `step`.
 
@@ -70,10 +79,10 @@ def selected_count(size, step, compress_ratio, warmup_steps):
     exchange's buffer layout is then known when the step is traced); otherwise
     an int32/int64 tensor.
     """
+    counts = stage_counts(size, compress_ratio, warmup_steps)
     if not warmup_steps:
-        return num_selected(size, compress_ratio)
+        return counts[0]
     dtype = tf.int32 if size < 2**31 else tf.int64
-    counts = [num_selected(size, d) for d in stage_densities(compress_ratio)]
     return tf.gather(tf.constant(counts, dtype), density_stage(step, warmup_steps))
 
 

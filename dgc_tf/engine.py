@@ -173,6 +173,7 @@ def compress_and_exchange(config, grads, variables, slots, step):
     # compressed variable and the dense gradients. On a skipped step it still
     # takes part (collectives need everyone) with k zeros, which apply_updates
     # never applies.
+    route_for = getattr(exchange, "route_for", None)  # dgc_tf's exchange only
     handed, masks_after = [], []
     for grad, var, slot in zip(grads, variables, slots):
         if not slot.compressed:
@@ -181,14 +182,12 @@ def compress_and_exchange(config, grads, variables, slots, step):
             continue
         size = var.shape.num_elements()
         k = compression.selected_count(size, step, config.compress_ratio, config.warmup_steps)
-        densities = (compression.stage_densities(config.compress_ratio)
-                     if config.warmup_steps else [config.compress_ratio])
-        max_count = max(compression.num_selected(size, d) for d in densities)
+        max_count = max(compression.stage_counts(size, config.compress_ratio,
+                                                  config.warmup_steps))
         # Routes that apply this replica's own selection let the fused step
         # mask it in place; a leader's route applies other entries, so its
         # selection leaves the state unmasked and the exchange says below
         # what to zero.
-        route_for = getattr(exchange, "route_for", None)
         own_selection = route_for is None or route_for(
             size, max_count, var.dtype, index_dtype_for(size)) != "leader"
         if own_selection:
