@@ -10,8 +10,6 @@ Tests of the compiled kernel skip when the library is not built, unless
 
 import os
 import shutil
-import subprocess
-import tempfile
 
 import numpy as np
 import pytest
@@ -20,6 +18,7 @@ import tensorflow as tf
 from dgc_tf import compression
 from dgc_tf.ops import _custom_op
 from dgc_tf.ops.compress_step import compress_step, compress_step_tf
+from tests import harness
 
 SHAPE = (300, 70)
 
@@ -203,22 +202,5 @@ def test_embedding_gradient_stays_sparse_through_dgcsgd(path, monkeypatch):
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
 def test_cuda_sources_compile_with_nvcc():
     """The fused step's TF CUDA kernel compiles, and its standalone test links (no TF flags)."""
-    kernels = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           "custom_ops", "cc", "kernels")
-    nvcc = shutil.which("nvcc")
-    arch = ["-gencode", "arch=compute_90,code=sm_90"]
-    with tempfile.TemporaryDirectory() as tmp:
-        tf_kernel = [nvcc, "-std=c++17", "-c", "-x", "cu", "-Xcompiler", "-fPIC",
-                     "--expt-relaxed-constexpr", "-DNDEBUG", "-DGOOGLE_CUDA=1", "-O2", "-w",
-                     *arch, f"-I{kernels}", *tf.sysconfig.get_compile_flags(),
-                     os.path.join(kernels, "compress_step_kernels.cu.cc"),
-                     "-o", os.path.join(tmp, "kernels.cu.o")]
-        standalone = [nvcc, "-std=c++17", "-O2", "--expt-relaxed-constexpr", *arch,
-                      os.path.join(kernels, "compress_step_standalone_test.cu"),
-                      "-o", os.path.join(tmp, "compress_step_test")]
-        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                 for cmd in (tf_kernel, standalone)]
-        outs = [p.communicate(timeout=900)[0] for p in procs]
-        for cmd, p, out in zip((tf_kernel, standalone), procs, outs):
-            assert p.returncode == 0, f"{' '.join(cmd)}\n{out[-5000:]}"
-        assert os.path.getsize(os.path.join(tmp, "kernels.cu.o")) > 0
+    harness.assert_cuda_sources_compile(
+        "compress_step_kernels.cu.cc", "compress_step_standalone_test.cu", timeout=900)

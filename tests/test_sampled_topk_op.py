@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import warnings
 
 import numpy as np
@@ -19,9 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dgc_tf.ops import _custom_op, topk
+from tests import harness
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KERNELS = os.path.join(REPO, "custom_ops", "cc", "kernels")
 DTYPES = [tf.float32, tf.float16, tf.bfloat16]
 
 
@@ -397,25 +396,8 @@ def test_force_fallback_env_in_subprocess():
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
 def test_cuda_sources_compile_with_nvcc():
     """The TF CUDA kernel compiles to an object, and the standalone test links."""
-    nvcc = shutil.which("nvcc")
-    arch = ["-gencode", "arch=compute_90,code=sm_90"]
-    with tempfile.TemporaryDirectory() as tmp:
-        tf_kernel = [nvcc, "-std=c++17", "-c", "-x", "cu", "-Xcompiler", "-fPIC",
-                     "--expt-relaxed-constexpr", "-DNDEBUG", "-DGOOGLE_CUDA=1", "-O2", "-w"] + arch + [
-                         f"-I{KERNELS}"] + tf.sysconfig.get_compile_flags() + [
-                         os.path.join(KERNELS, "sampled_topk_kernels.cu.cc"),
-                         "-o", os.path.join(tmp, "kernels.cu.o")]
-        # The standalone test gets no TensorFlow flags: the header must not need them.
-        standalone = [nvcc, "-std=c++17", "-O2", "--expt-relaxed-constexpr"] + arch + [
-            os.path.join(KERNELS, "sampled_topk_standalone_test.cu"),
-            "-o", os.path.join(tmp, "sampled_topk_test")]
-        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                 for cmd in (tf_kernel, standalone)]
-        outs = [p.communicate(timeout=600)[0] for p in procs]
-        for cmd, p, out in zip((tf_kernel, standalone), procs, outs):
-            assert p.returncode == 0, f"{' '.join(cmd)}\n{out[-5000:]}"
-        assert os.path.getsize(os.path.join(tmp, "kernels.cu.o")) > 0
-        assert os.path.exists(os.path.join(tmp, "sampled_topk_test"))
+    harness.assert_cuda_sources_compile(
+        "sampled_topk_kernels.cu.cc", "sampled_topk_standalone_test.cu", timeout=600)
 
 
 def test_no_xla_kernel(compiled_op):
