@@ -31,7 +31,7 @@ def dgc_custom_op_library(
       hdrs: headers used by srcs.
       cuda_srcs: *.cu.cc sources compiled with nvcc when `cuda_config` holds.
       cuda_hdrs: headers used by cuda_srcs (TensorFlow-free CUDA headers).
-      include_dirs: extra -I directories (workspace-relative) for nvcc.
+      include_dirs: extra -I directories (workspace-relative), for g++ and nvcc.
       cuda_archs: SM versions for nvcc -gencode.
       copts: extra compile flags for srcs.
       cuda_config: config_setting label that turns the CUDA build on.
@@ -67,7 +67,7 @@ def dgc_custom_op_library(
             cuda_config: cuda_objects,
             "//conditions:default": [],
         }),
-        copts = TF_COPTS + ["-O3", "-fPIC", "-DNDEBUG", "-w"] + copts + select({
+        copts = TF_COPTS + ["-O3", "-fPIC", "-DNDEBUG", "-w"] + ["-I" + d for d in include_dirs] + copts + select({
             cuda_config: ["-DGOOGLE_CUDA=1"],
             "//conditions:default": [],
         }),

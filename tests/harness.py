@@ -12,24 +12,25 @@ import tensorflow as tf
 from tests.conftest import NUM_REPLICAS
 
 FLAVOURS = ("keras3", "tf_keras")
-KERNELS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                       "custom_ops", "cc", "kernels")
+# The op's sources: one folder per op, includes rooted here.
+CC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "custom_ops", "cc")
 
 
 def assert_cuda_sources_compile(kernel, standalone, timeout):
-    """nvcc compiles `kernel` (a TF CUDA kernel in custom_ops/cc/kernels, with
+    """nvcc compiles `kernel` (a TF CUDA kernel, path under custom_ops/cc, with
     TensorFlow's flags) to an object and links the standalone test `standalone`
-    (without them: its header must not need TensorFlow), both at once."""
+    (without them: its headers must not need TensorFlow), both at once."""
     nvcc = shutil.which("nvcc")
     arch = ["-gencode", "arch=compute_90,code=sm_90"]
     with tempfile.TemporaryDirectory() as tmp:
         binary = os.path.join(tmp, "standalone_test")
         tf_kernel = [nvcc, "-std=c++17", "-c", "-x", "cu", "-Xcompiler", "-fPIC",
                      "--expt-relaxed-constexpr", "-DNDEBUG", "-DGOOGLE_CUDA=1", "-O2", "-w",
-                     *arch, f"-I{KERNELS}", *tf.sysconfig.get_compile_flags(),
-                     os.path.join(KERNELS, kernel), "-o", os.path.join(tmp, "kernels.cu.o")]
-        linked = [nvcc, "-std=c++17", "-O2", "--expt-relaxed-constexpr", *arch,
-                  os.path.join(KERNELS, standalone), "-o", binary]
+                     *arch, f"-I{CC_DIR}", *tf.sysconfig.get_compile_flags(),
+                     os.path.join(CC_DIR, kernel), "-o", os.path.join(tmp, "kernels.cu.o")]
+        linked = [nvcc, "-std=c++17", "-O2", "--expt-relaxed-constexpr", *arch, f"-I{CC_DIR}",
+                  os.path.join(CC_DIR, standalone), "-o", binary]
         procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                  for cmd in (tf_kernel, linked)]
         outs = [p.communicate(timeout=timeout)[0] for p in procs]

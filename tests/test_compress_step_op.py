@@ -203,4 +203,5 @@ def test_embedding_gradient_stays_sparse_through_dgcsgd(path, monkeypatch):
 def test_cuda_sources_compile_with_nvcc():
     """The fused step's TF CUDA kernel compiles, and its standalone test links (no TF flags)."""
     harness.assert_cuda_sources_compile(
-        "compress_step_kernels.cu.cc", "compress_step_standalone_test.cu", timeout=900)
+        "compress_step/compress_step_kernels.cu.cc",
+        "compress_step/compress_step_standalone_test.cu", timeout=900)

@@ -3,6 +3,7 @@
 per-user cache keyed by TensorFlow version and ABI, and used from then on."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -63,3 +64,52 @@ def test_without_a_compiler_one_warning_gives_the_one_line_fix(tmp_path):
     assert len(result["warnings"]) == 1, result["warnings"]
     assert "python -m dgc_tf.ops.build" in result["warnings"][0]
     assert "no C++ compiler" in result["warnings"][0]
+
+
+# --- the one source list ------------------------------------------------------
+# dgc_tf/ops/build.py's CPU_SOURCES / CUDA_SOURCES are what setup.py, the
+# loader's rebuild and the shipped package compile; Bazel's BUILD must name
+# the same sources and declare exactly the headers they include (Bazel's
+# sandbox only sees declared files, and no Bazel runs here to notice).
+
+CC_DIR = os.path.join(REPO, "custom_ops", "cc")
+INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.MULTILINE)
+
+
+def _bazel_list(attribute):
+    with open(os.path.join(REPO, "BUILD")) as f:
+        text = f.read()
+    body = re.search(rf"\b{attribute}\s*=\s*\[(.*?)\]", text, re.DOTALL)
+    assert body, f"BUILD has no `{attribute}` list"
+    return [s.removeprefix("//custom_ops:cc/") for s in re.findall(r'"([^"]+)"', body.group(1))]
+
+
+def _included_headers(sources):
+    """The op's own headers that `sources` include, directly or not (paths under cc/)."""
+    seen, todo = set(), list(sources)
+    while todo:
+        with open(os.path.join(CC_DIR, todo.pop())) as f:
+            for name in INCLUDE.findall(f.read()):
+                if name not in seen and os.path.exists(os.path.join(CC_DIR, name)):
+                    seen.add(name)
+                    todo.append(name)
+    return seen
+
+
+def test_bazel_builds_the_sources_of_build_py():
+    from dgc_tf.ops import build
+
+    assert _bazel_list("srcs") == build.CPU_SOURCES
+    assert _bazel_list("cuda_srcs") == build.CUDA_SOURCES
+    on_disk = {os.path.relpath(os.path.join(root, f), CC_DIR)
+               for root, _, files in os.walk(CC_DIR) for f in files}
+    # Every kernel or registration file is built (standalone tests are .cu).
+    assert {f for f in on_disk if f.endswith(".cc") and not f.endswith(".cu.cc")} == set(
+        build.CPU_SOURCES)
+    assert {f for f in on_disk if f.endswith(".cu.cc")} == set(build.CUDA_SOURCES)
+    cpu_headers = _included_headers(build.CPU_SOURCES)
+    assert sorted(_bazel_list("hdrs")) == sorted(cpu_headers)
+    assert sorted(_bazel_list("cuda_hdrs")) == sorted(
+        _included_headers(build.CUDA_SOURCES) - cpu_headers)
+    # Includes are rooted at cc/: every op header named is found there.
+    assert _bazel_list("include_dirs") == ["custom_ops/cc"]

@@ -340,8 +340,10 @@ def test_property_ties_and_k(data, compiled_op):
 # --- loader -------------------------------------------------------------------
 
 @pytest.fixture
-def fresh_loader(monkeypatch):
+def fresh_loader(monkeypatch, tmp_path):
     monkeypatch.delenv(_custom_op.FORCE_FALLBACK_ENV, raising=False)
+    # An empty per-user cache: a library another run built there must not be found.
+    monkeypatch.setenv("DGC_TF_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv(_custom_op.REBUILD_ENV, "0")  # the rebuild has its own test
     _custom_op._reset_for_tests()
     yield monkeypatch
@@ -397,7 +399,8 @@ def test_force_fallback_env_in_subprocess():
 def test_cuda_sources_compile_with_nvcc():
     """The TF CUDA kernel compiles to an object, and the standalone test links."""
     harness.assert_cuda_sources_compile(
-        "sampled_topk_kernels.cu.cc", "sampled_topk_standalone_test.cu", timeout=600)
+        "sampled_topk/sampled_topk_kernels.cu.cc",
+        "sampled_topk/sampled_topk_standalone_test.cu", timeout=600)
 
 
 def test_no_xla_kernel(compiled_op):

@@ -25,28 +25,29 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.join(HERE, "dgc_topk_capi.cu")
-DEPS = [SOURCE] + [os.path.join(HERE, "..", "cc", "kernels", f) for f in (
-    "sampled_topk_gpu.cuh", "sampled_topk_common.h", "sampled_topk_standalone_test.cu")]
+# The op's sources: the include root (#include "sampled_topk/...").
+CC_DIR = os.path.join(os.path.dirname(HERE), "cc")
 FORMATS = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
-def build_library(source, lib_name, out_dir, nvcc="nvcc", arch="native", deps=()):
+def build_library(source, lib_name, out_dir, nvcc="nvcc", arch="native"):
     """Compiles `source` (a C-API .cu file) into `out_dir/lib_name` with nvcc, unless
-    that library is newer than every file in `deps`; returns its path."""
+    that library is newer than `source` and every file under custom_ops/cc; returns its path."""
     lib = os.path.join(out_dir, lib_name)
-    if deps and os.path.exists(lib) and all(
+    deps = [source] + [os.path.join(root, f) for root, _, files in os.walk(CC_DIR) for f in files]
+    if os.path.exists(lib) and all(
             os.path.getmtime(lib) >= os.path.getmtime(d) for d in deps):
         return lib
     os.makedirs(out_dir, exist_ok=True)
     cmd = [nvcc, "-std=c++17", "-O3", "--expt-relaxed-constexpr", f"-arch={arch}", "-shared",
-           "-Xcompiler", "-fPIC", "-o", lib, source]
+           "-Xcompiler", "-fPIC", f"-I{CC_DIR}", "-o", lib, source]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     return lib
 
 
 def build(out_dir, nvcc="nvcc", arch="native"):
-    return build_library(SOURCE, "libdgc_topk.so", out_dir, nvcc, arch, deps=DEPS)
+    return build_library(SOURCE, "libdgc_topk.so", out_dir, nvcc, arch)
 
 
 class SampledTopK:

@@ -1,12 +1,15 @@
 // C entry point to compress_step_gpu.cuh (float32) for ctypes
 // (bench_compress_step.py).
 // Build: nvcc -std=c++17 -O3 --expt-relaxed-constexpr -arch=native -shared \
-//   -Xcompiler -fPIC -o libdgc_compress_step.so \
+//   -Xcompiler -fPIC -Icustom_ops/cc -o libdgc_compress_step.so \
 //   custom_ops/gpu_harness/dgc_compress_step_capi.cu
-#define DGC_TOPK_NO_MAIN
-#include "../cc/kernels/sampled_topk_standalone_test.cu"  // PoolScratch, DeviceLaunchPolicy
+#include <cstdio>
 
-#include "../cc/kernels/compress_step_gpu.cuh"
+#include "common/standalone_cuda.cuh"  // PoolScratch, DeviceLaunchPolicy
+#include "compress_step/compress_step_gpu.cuh"
+
+using dgc_topk::Format;
+namespace gpu = dgc_topk::gpu;
 
 // In place on device buffers u (ignored when has_momentum == 0), v, read g;
 // writes k values and int32 indices. Returns 0 on success, else a

@@ -1,8 +1,14 @@
 // C entry point to sampled_topk_gpu.cuh for ctypes (bench_vs_torch.py).
 // Build: nvcc -std=c++17 -O3 --expt-relaxed-constexpr -arch=native -shared \
-//   -Xcompiler -fPIC -o libdgc_topk.so custom_ops/gpu_harness/dgc_topk_capi.cu
-#define DGC_TOPK_NO_MAIN
-#include "../cc/kernels/sampled_topk_standalone_test.cu"
+//   -Xcompiler -fPIC -Icustom_ops/cc -o libdgc_topk.so custom_ops/gpu_harness/dgc_topk_capi.cu
+#include <cstdio>
+
+#include "common/standalone_cuda.cuh"  // PoolScratch, DeviceLaunchPolicy
+#include "sampled_topk/sampled_topk_gpu.cuh"
+
+using dgc_topk::Format;
+using dgc_topk::KeyTraits;
+namespace gpu = dgc_topk::gpu;
 
 namespace {
 

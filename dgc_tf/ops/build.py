@@ -29,13 +29,17 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 # checkout (editable install) they are in custom_ops/cc.
 SOURCE_DIRS = (os.path.join(_PACKAGE_DIR, "cc"),
                os.path.join(os.path.dirname(os.path.dirname(_PACKAGE_DIR)), "custom_ops", "cc"))
-CPU_SOURCES = [os.path.join("ops", "sampled_topk_ops.cc"),
-               os.path.join("kernels", "sampled_topk_kernels.cc"),
-               os.path.join("ops", "compress_step_ops.cc"),
-               os.path.join("kernels", "compress_step_kernels.cc")]
-CUDA_SOURCES = [os.path.join("kernels", "sampled_topk_kernels.cu.cc"),
-                os.path.join("kernels", "compress_step_kernels.cu.cc")]
-INCLUDE_DIRS = ["kernels"]
+# One folder per op (as in tensorflow/custom-op), plus common/ for what both
+# ops' kernels share; includes are rooted at the source directory
+# ("sampled_topk/sampled_topk_common.h"). The one list of the library's
+# sources: setup.py builds from it, and a test checks that the Bazel BUILD
+# file lists the same.
+CPU_SOURCES = ["sampled_topk/sampled_topk_ops.cc",
+               "sampled_topk/sampled_topk_kernels.cc",
+               "compress_step/compress_step_ops.cc",
+               "compress_step/compress_step_kernels.cc"]
+CUDA_SOURCES = ["sampled_topk/sampled_topk_kernels.cu.cc",
+                "compress_step/compress_step_kernels.cu.cc"]
 
 
 def sources():
@@ -135,7 +139,7 @@ def build_op_library(output, cuda=False, source_dir=None, verbose=True):
     Args:
       output: path of the library to write (its directory is created).
       cuda: also compile the CUDA kernel with nvcc and link it in.
-      source_dir: directory holding `ops/` and `kernels/` (default: `sources()`).
+      source_dir: directory holding the ops' folders (default: `sources()`).
       verbose: print the compiler commands.
     """
     source_dir = source_dir or sources()
@@ -143,7 +147,7 @@ def build_op_library(output, cuda=False, source_dir=None, verbose=True):
         raise RuntimeError("the op's C++ sources were not found")
     compile_flags, link_flags = _tf_flags()
     cxx = os.environ.get("DGC_TF_CXX", "g++")
-    includes = [f"-I{os.path.join(source_dir, d)}" for d in INCLUDE_DIRS]
+    includes = [f"-I{source_dir}"]
     common = ["-O3", "-fPIC", "-DNDEBUG"] + includes + compile_flags
     defines = []
     extra_objects, extra_link = [], []

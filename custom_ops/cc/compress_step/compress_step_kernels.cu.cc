@@ -6,24 +6,20 @@
 #define EIGEN_USE_GPU
 
 #include <cstdint>
-#include <limits>
-#include <vector>
+#include <string>
 
-#include "compress_step_gpu.cuh"
-#include "gpu_tf_adapter.cu.h"
-#include "compress_step_kernels.h"
+#include "common/gpu_tf_adapter.cu.h"
+#include "common/kernel_util.h"
+#include "compress_step/compress_step_gpu.cuh"
+#include "compress_step/compress_step_kernels.h"
 #include "tensorflow/core/framework/op_kernel.h"
-#include "tensorflow/core/framework/register_types.h"
-#include "tensorflow/core/framework/tensor.h"
-#include "tensorflow/core/util/gpu_kernel_helper.h"
-#include "tensorflow/core/util/gpu_launch_config.h"
 
 namespace tensorflow {
 namespace functor {
 
 using GPUDevice = Eigen::GpuDevice;
 
-using gpu_adapter::FormatOf;
+using dgc_kernels::FormatOf;
 using gpu_adapter::TempScratch;
 
 absl::Status GpuCopyBuffer(OpKernelContext* ctx, const void* src, void* dst, int64_t bytes) {
@@ -54,12 +50,9 @@ absl::Status CompressStepFunctor<GPUDevice, T, Tindices>::operator()(
   return gpu_adapter::ToStatus(r, scratch);
 }
 
-template struct CompressStepFunctor<GPUDevice, float, int32>;
-template struct CompressStepFunctor<GPUDevice, float, int64_t>;
-template struct CompressStepFunctor<GPUDevice, Eigen::half, int32>;
-template struct CompressStepFunctor<GPUDevice, Eigen::half, int64_t>;
-template struct CompressStepFunctor<GPUDevice, bfloat16, int32>;
-template struct CompressStepFunctor<GPUDevice, bfloat16, int64_t>;
+#define INSTANTIATE(T, Tindices) template struct CompressStepFunctor<GPUDevice, T, Tindices>
+DGC_FOR_EACH_VALUE_AND_INDEX_TYPE(INSTANTIATE);
+#undef INSTANTIATE
 
 }  // namespace functor
 }  // namespace tensorflow

@@ -1,9 +1,9 @@
 // What both TF GPU kernels (sampled_topk_kernels.cu.cc,
 // compress_step_kernels.cu.cc) need to run the TF-free CUDA code under an
-// OpKernelContext: T's key format, scratch from allocate_temp, grid sizes
-// from GetGpuLaunchConfig, and the Result as an absl::Status.
-#ifndef DGC_TF_CUSTOM_OPS_GPU_TF_ADAPTER_CU_H_
-#define DGC_TF_CUSTOM_OPS_GPU_TF_ADAPTER_CU_H_
+// OpKernelContext: scratch from allocate_temp, grid sizes from
+// GetGpuLaunchConfig, and the Result as an absl::Status.
+#ifndef DGC_TF_CUSTOM_OPS_COMMON_GPU_TF_ADAPTER_CU_H_
+#define DGC_TF_CUSTOM_OPS_COMMON_GPU_TF_ADAPTER_CU_H_
 
 #if GOOGLE_CUDA
 
@@ -12,7 +12,8 @@
 #include <limits>
 #include <vector>
 
-#include "sampled_topk_gpu.cuh"
+#include "common/kernel_util.h"
+#include "sampled_topk/sampled_topk_gpu.cuh"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/util/gpu_kernel_helper.h"
@@ -21,21 +22,6 @@
 namespace tensorflow {
 namespace functor {
 namespace gpu_adapter {
-
-template <typename T>
-struct FormatOf;
-template <>
-struct FormatOf<float> {
-  static constexpr dgc_topk::Format value = dgc_topk::Format::kFloat32;
-};
-template <>
-struct FormatOf<Eigen::half> {
-  static constexpr dgc_topk::Format value = dgc_topk::Format::kFloat16;
-};
-template <>
-struct FormatOf<bfloat16> {
-  static constexpr dgc_topk::Format value = dgc_topk::Format::kBFloat16;
-};
 
 // Temporaries live as long as this object (the functor call).
 class TempScratch : public dgc_topk::gpu::ScratchAllocator {
@@ -87,4 +73,4 @@ inline absl::Status ToStatus(const dgc_topk::gpu::Result& r, const TempScratch& 
 }  // namespace tensorflow
 
 #endif  // GOOGLE_CUDA
-#endif  // DGC_TF_CUSTOM_OPS_GPU_TF_ADAPTER_CU_H_
+#endif  // DGC_TF_CUSTOM_OPS_COMMON_GPU_TF_ADAPTER_CU_H_

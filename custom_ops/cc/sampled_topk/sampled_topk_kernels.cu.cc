@@ -6,24 +6,19 @@
 #define EIGEN_USE_GPU
 
 #include <cstdint>
-#include <limits>
-#include <vector>
 
-#include "gpu_tf_adapter.cu.h"
-#include "sampled_topk_gpu.cuh"
-#include "sampled_topk_kernels.h"
+#include "common/gpu_tf_adapter.cu.h"
+#include "common/kernel_util.h"
+#include "sampled_topk/sampled_topk_gpu.cuh"
+#include "sampled_topk/sampled_topk_kernels.h"
 #include "tensorflow/core/framework/op_kernel.h"
-#include "tensorflow/core/framework/register_types.h"
-#include "tensorflow/core/framework/tensor.h"
-#include "tensorflow/core/util/gpu_kernel_helper.h"
-#include "tensorflow/core/util/gpu_launch_config.h"
 
 namespace tensorflow {
 namespace functor {
 
 using GPUDevice = Eigen::GpuDevice;
 
-using gpu_adapter::FormatOf;
+using dgc_kernels::FormatOf;
 using gpu_adapter::TempScratch;
 
 template <typename T, typename Tindices>
@@ -44,12 +39,9 @@ absl::Status SampledTopKFunctor<GPUDevice, T, Tindices>::operator()(
 
 // Explicit instantiations, used by the GPU registrations in
 // sampled_topk_kernels.cc.
-template struct SampledTopKFunctor<GPUDevice, float, int32>;
-template struct SampledTopKFunctor<GPUDevice, float, int64_t>;
-template struct SampledTopKFunctor<GPUDevice, Eigen::half, int32>;
-template struct SampledTopKFunctor<GPUDevice, Eigen::half, int64_t>;
-template struct SampledTopKFunctor<GPUDevice, bfloat16, int32>;
-template struct SampledTopKFunctor<GPUDevice, bfloat16, int64_t>;
+#define INSTANTIATE(T, Tindices) template struct SampledTopKFunctor<GPUDevice, T, Tindices>
+DGC_FOR_EACH_VALUE_AND_INDEX_TYPE(INSTANTIATE);
+#undef INSTANTIATE
 
 }  // namespace functor
 }  // namespace tensorflow

@@ -7,7 +7,7 @@
 
 #include <cstdint>
 
-#include "compress_step_common.h"
+#include "compress_step/compress_step_common.h"
 #include "tensorflow/core/framework/op_kernel.h"
 
 namespace Eigen {
@@ -33,15 +33,9 @@ struct StepGradient {
 // into values/indices and zeroes what was sent. The caller has checked
 // shapes, 1 <= k <= n, that n - 1 fits Tindices and that sparse rows are in
 // range; NaN in v is reported as InvalidArgument.
+// One specialization per Device (below), each with the same call operator.
 template <typename Device, typename T, typename Tindices>
-struct CompressStepFunctor {
-  absl::Status operator()(OpKernelContext* ctx,
-                          const dgc_compress::StepParams<T>& params,
-                          const StepGradient<T>& grad, int64_t num_rows,
-                          int64_t cols, int64_t k, float sample_ratio,
-                          int64_t seed, T* u, T* v, T* values,
-                          Tindices* indices);
-};
+struct CompressStepFunctor;
 
 template <typename T, typename Tindices>
 struct CompressStepFunctor<Eigen::ThreadPoolDevice, T, Tindices> {

@@ -1,14 +1,10 @@
 // Op registration for DGC>SampledTopK: exact top-k by magnitude with a
 // sampled-threshold pre-filter (Deep Gradient Compression, Lin et al. 2018).
-#include "tensorflow/core/framework/common_shape_fns.h"
+#include "common/shape_fns.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
 
 namespace tensorflow {
-
-using shape_inference::DimensionHandle;
-using shape_inference::InferenceContext;
-using shape_inference::ShapeHandle;
 
 REGISTER_OP("DGC>SampledTopK")
     .Input("x: T")
@@ -20,23 +16,8 @@ REGISTER_OP("DGC>SampledTopK")
     .Attr("Tindices: {int32, int64} = DT_INT32")
     .Attr("sample_ratio: float = 0.01")
     .Attr("seed: int = -1")
-    .SetShapeFn([](InferenceContext* c) {
-      ShapeHandle k_shape;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 0, &k_shape));
-      // A constant k gives a static [k]; a k out of range is left to the
-      // kernel, which reports it as InvalidArgument at run time.
-      DimensionHandle k_dim = c->UnknownDim();
-      const Tensor* k_tensor = c->input_tensor(1);
-      if (k_tensor != nullptr) {
-        const int64_t k =
-            k_tensor->dtype() == DT_INT32
-                ? static_cast<int64_t>(k_tensor->scalar<int32>()())
-                : k_tensor->scalar<int64_t>()();
-        if (k >= 1) k_dim = c->MakeDim(k);
-      }
-      c->set_output(0, c->Vector(k_dim));
-      c->set_output(1, c->Vector(k_dim));
-      return absl::OkStatus();
+    .SetShapeFn([](shape_inference::InferenceContext* c) {
+      return dgc_shape_fns::SelectedEntries(c, /*k_input=*/1);
     })
     .Doc(R"doc(
 Exact top-k of the flattened `x` by magnitude, with a sampled threshold.

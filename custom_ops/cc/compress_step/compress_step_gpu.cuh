@@ -9,8 +9,8 @@
 
 #include <cstdint>
 
-#include "compress_step_common.h"
-#include "sampled_topk_gpu.cuh"
+#include "compress_step/compress_step_common.h"
+#include "sampled_topk/sampled_topk_gpu.cuh"
 
 namespace dgc_compress {
 namespace gpu {

@@ -1,8 +1,8 @@
 // Standalone check of sampled_topk_gpu.cuh: no TensorFlow needed.
 //
 // Build and run on a CUDA machine (see custom_ops/README.md):
-//   nvcc -std=c++17 -O3 --expt-relaxed-constexpr -arch=native \
-//     -o /tmp/sampled_topk_test custom_ops/cc/kernels/sampled_topk_standalone_test.cu
+//   nvcc -std=c++17 -O3 --expt-relaxed-constexpr -arch=native -Icustom_ops/cc \
+//     -o /tmp/sampled_topk_test custom_ops/cc/sampled_topk/sampled_topk_standalone_test.cu
 //   /tmp/sampled_topk_test            # correctness, then timings
 //   /tmp/sampled_topk_test --quick    # correctness only
 //
@@ -12,8 +12,8 @@
 // ties, +/-0, +/-Inf, strided and seeded sampling, and the error cases (NaN,
 // k < 1, k > n, empty). Then times the op at 1M / 25M / 100M elements and
 // density 0.1% / 1% (the comparison with torch.topk is
-// custom_ops/gpu_harness/bench_vs_torch.py, which builds this file with
-// -DDGC_TOPK_NO_MAIN into a shared library through dgc_topk_capi.cu).
+// custom_ops/gpu_harness/bench_vs_torch.py, which builds dgc_topk_capi.cu
+// into a shared library).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -27,57 +27,12 @@
 #include <string>
 #include <vector>
 
-#include "sampled_topk_gpu.cuh"
+#include "common/standalone_cuda.cuh"
+#include "sampled_topk/sampled_topk_gpu.cuh"
 
 using dgc_topk::Format;
 using dgc_topk::KeyTraits;
 namespace gpu = dgc_topk::gpu;
-
-#define CHECK_CUDA(expr)                                                   \
-  do {                                                                     \
-    cudaError_t e_ = (expr);                                               \
-    if (e_ != cudaSuccess) {                                               \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr,   \
-                   cudaGetErrorString(e_));                                \
-      std::exit(2);                                                        \
-    }                                                                      \
-  } while (0)
-
-// Scratch from the stream-ordered pool, released when the call returns.
-class PoolScratch : public gpu::ScratchAllocator {
- public:
-  explicit PoolScratch(cudaStream_t stream) : stream_(stream) {}
-  ~PoolScratch() override {
-    for (void* p : blocks_) cudaFreeAsync(p, stream_);
-  }
-  void* Allocate(size_t bytes) override {
-    void* p = nullptr;
-    if (cudaMallocAsync(&p, bytes, stream_) != cudaSuccess) return nullptr;
-    blocks_.push_back(p);
-    return p;
-  }
-
- private:
-  cudaStream_t stream_;
-  std::vector<void*> blocks_;
-};
-
-// Same heuristic as TensorFlow's GetGpuLaunchConfig(work, device).
-gpu::LaunchPolicy DeviceLaunchPolicy() {
-  int dev = 0;
-  CHECK_CUDA(cudaGetDevice(&dev));
-  cudaDeviceProp prop;
-  CHECK_CUDA(cudaGetDeviceProperties(&prop, dev));
-  const int sms = prop.multiProcessorCount;
-  const int per_sm = prop.maxThreadsPerMultiProcessor;
-  const int threads = std::min(1024, prop.maxThreadsPerBlock);
-  return [=](int64_t work) {
-    const int64_t physical = std::min<int64_t>(int64_t{sms} * per_sm, work);
-    const int64_t blocks =
-        std::min<int64_t>((physical + threads - 1) / threads, sms);
-    return gpu::LaunchConfig{static_cast<int>(blocks), threads};
-  };
-}
 
 template <Format F>
 struct Host;
@@ -338,7 +293,6 @@ void TimeSuite(cudaStream_t stream, const gpu::LaunchPolicy& launch) {
   }
 }
 
-#ifndef DGC_TOPK_NO_MAIN
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
   int count = 0;
@@ -362,4 +316,3 @@ int main(int argc, char** argv) {
   CHECK_CUDA(cudaStreamDestroy(stream));
   return stats.failed == 0 ? 0 : 1;
 }
-#endif  // DGC_TOPK_NO_MAIN

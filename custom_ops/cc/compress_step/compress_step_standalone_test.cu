@@ -1,8 +1,8 @@
 // Standalone check of compress_step_gpu.cuh (float32): no TensorFlow needed.
 //
 // Build and run on a CUDA machine (see custom_ops/README.md):
-//   nvcc -std=c++17 -O3 --expt-relaxed-constexpr -arch=native \
-//     -o /tmp/compress_step_test custom_ops/cc/kernels/compress_step_standalone_test.cu
+//   nvcc -std=c++17 -O3 --expt-relaxed-constexpr -arch=native -Icustom_ops/cc \
+//     -o /tmp/compress_step_test custom_ops/cc/compress_step/compress_step_standalone_test.cu
 //   /tmp/compress_step_test            # correctness, then timings
 //   /tmp/compress_step_test --quick    # correctness only
 //
@@ -13,15 +13,26 @@
 // times it at 1M / 25M / 100M elements (0.1%) beside a device-to-device copy
 // of the bytes it must move at least (g, u, v read, u and v written: 5 n
 // words), in GB/s.
-#define DGC_TOPK_NO_MAIN
-#include "sampled_topk_standalone_test.cu"  // CHECK_CUDA, PoolScratch, DeviceLaunchPolicy
+#include <cuda_runtime.h>
 
-#include "compress_step_common.h"
-#include "compress_step_gpu.cuh"
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/standalone_cuda.cuh"
+#include "compress_step/compress_step_common.h"
+#include "compress_step/compress_step_gpu.cuh"
 
 namespace {
 
 using dgc_compress::StepParams;
+using dgc_topk::Format;
+namespace gpu = dgc_topk::gpu;
 
 // The CPU reference: accumulate, exact top-k (|v| descending, index
 // ascending), mask.

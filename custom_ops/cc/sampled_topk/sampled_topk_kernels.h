@@ -19,12 +19,9 @@ namespace functor {
 // checked 0 < n, 1 <= k <= n and that n - 1 fits Tindices; the functor
 // checks for NaN (InvalidArgument). Scratch memory comes from
 // ctx->allocate_temp.
+// One specialization per Device (below), each with the same call operator.
 template <typename Device, typename T, typename Tindices>
-struct SampledTopKFunctor {
-  absl::Status operator()(OpKernelContext* ctx, const T* x, int64_t n,
-                          int64_t k, float sample_ratio, int64_t seed,
-                          T* values, Tindices* indices);
-};
+struct SampledTopKFunctor;
 
 // Defined in sampled_topk_kernels.cc (multi-threaded on the CPU worker pool).
 template <typename T, typename Tindices>

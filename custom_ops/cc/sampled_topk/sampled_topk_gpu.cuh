@@ -32,7 +32,7 @@
 #include <string>
 #include <thrust/iterator/counting_iterator.h>
 
-#include "sampled_topk_common.h"
+#include "sampled_topk/sampled_topk_common.h"
 
 namespace dgc_topk {
 namespace gpu {

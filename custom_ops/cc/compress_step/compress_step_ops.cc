@@ -1,35 +1,17 @@
 // Op registration for DGC>CompressStep and DGC>SparseCompressStep: one DGC
 // step on a compressed variable's state, in place (Deep Gradient
 // Compression, Lin et al. 2018, Algorithms 3 and 4).
-#include "tensorflow/core/framework/common_shape_fns.h"
+#include "common/shape_fns.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
 
 namespace tensorflow {
 
-using shape_inference::DimensionHandle;
+using dgc_shape_fns::SelectedEntries;
 using shape_inference::InferenceContext;
 using shape_inference::ShapeHandle;
 
 namespace {
-
-// Outputs are [k]: static when k is a constant (an out-of-range k is left to
-// the kernel, which reports it at run time).
-absl::Status CompressStepShape(InferenceContext* c, int k_input) {
-  ShapeHandle k_shape;
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(k_input), 0, &k_shape));
-  DimensionHandle k_dim = c->UnknownDim();
-  const Tensor* k_tensor = c->input_tensor(k_input);
-  if (k_tensor != nullptr) {
-    const int64_t k = k_tensor->dtype() == DT_INT32
-                          ? static_cast<int64_t>(k_tensor->scalar<int32>()())
-                          : k_tensor->scalar<int64_t>()();
-    if (k >= 1) k_dim = c->MakeDim(k);
-  }
-  c->set_output(0, c->Vector(k_dim));
-  c->set_output(1, c->Vector(k_dim));
-  return absl::OkStatus();
-}
 
 constexpr char kStepDoc[] = R"doc(
 Then selects the k entries of the new residual largest in |v| exactly as
@@ -71,7 +53,7 @@ REGISTER_OP("DGC>CompressStep")
     .Attr("momentum_masking: bool = true")
     .Attr("sample_ratio: float = 0.01")
     .Attr("seed: int = -1")
-    .SetShapeFn([](InferenceContext* c) { return CompressStepShape(c, 3); })
+    .SetShapeFn([](InferenceContext* c) { return SelectedEntries(c, /*k_input=*/3); })
     .Doc(std::string(R"doc(
 One DGC step for a compressed variable, with a dense gradient `grad` of the
 variable's shape: momentum correction into the momentum buffer u and the
@@ -102,7 +84,7 @@ REGISTER_OP("DGC>SparseCompressStep")
     .SetShapeFn([](InferenceContext* c) {
       ShapeHandle rows;
       TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 1, &rows));
-      return CompressStepShape(c, 4);
+      return SelectedEntries(c, /*k_input=*/4);
     })
     .Doc(std::string(R"doc(
 DGC>CompressStep for a row-sparse gradient (an embedding's IndexedSlices):
