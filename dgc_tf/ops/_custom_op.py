@@ -52,20 +52,10 @@ def _warn(message):
     warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
-def k_tensor(k):
-    """`k` (Python int or integer tensor/variable) as the int32/int64 scalar the ops take."""
-    import tensorflow as tf
-
-    if tf.is_tensor(k) or isinstance(k, tf.Variable):
-        k = tf.convert_to_tensor(k)  # reads a variable
-        return k if k.dtype in (tf.int32, tf.int64) else tf.cast(k, tf.int64)
-    return tf.constant(int(k), dtype=tf.int64 if int(k) >= 2**31 else tf.int32)
-
-
 def _make_op(module):
     import tensorflow as tf
 
-    from dgc_tf.ops.topk import index_dtype_for
+    from dgc_tf.ops.dtypes import index_dtype_for, k_tensor
 
     raw = module.dgc_sampled_top_k
 
@@ -87,6 +77,11 @@ def _load_library(path):
     import tensorflow as tf
 
     module = tf.load_op_library(path)
+    if not hasattr(module, "dgc_sampled_top_k"):
+        # TensorFlow skips ops a library registers twice: another copy of it
+        # is already loaded in this process.
+        raise RuntimeError(f"{path} registers no DGC ops (another copy of the library is "
+                           "already loaded)")
     if not _gradient_registered:
         for name in OP_NAMES:
             try:

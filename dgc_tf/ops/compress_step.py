@@ -26,10 +26,8 @@ row (`scatter_add` / the sparse kernel), never densified to the table's size.
 import tensorflow as tf
 
 from dgc_tf.ops import _custom_op
-from dgc_tf.ops.topk import index_dtype_for, sampled_topk, sampled_topk_tf
-
-# Dtypes the compiled kernel is registered for.
-KERNEL_DTYPES = (tf.float32, tf.float16, tf.bfloat16)
+from dgc_tf.ops.dtypes import KERNEL_DTYPES, index_dtype_for, k_tensor
+from dgc_tf.ops.topk import sampled_topk, sampled_topk_tf
 
 
 def compress_step(residual, momentum, grad, k, *, momentum_factor, nesterov=False,
@@ -76,7 +74,7 @@ def compress_step(residual, momentum, grad, k, *, momentum_factor, nesterov=Fals
         sample_ratio=float(sample_ratio), seed=-1 if seed is None else int(seed))
     # Without a buffer the kernel ignores its momentum input; it still needs a handle.
     u_handle = (momentum if momentum is not None else residual).handle
-    k = _custom_op.k_tensor(k)
+    k = k_tensor(k)
     if sparse:
         values, indices = sparse_op(u_handle, residual.handle,
                                     tf.cast(grad.values, residual.dtype), grad.indices, k, **attrs)

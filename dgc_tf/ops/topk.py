@@ -20,6 +20,7 @@ import math
 import tensorflow as tf
 
 from dgc_tf.ops import _custom_op
+from dgc_tf.ops.dtypes import KERNEL_DTYPES, index_dtype_for  # noqa: F401 - index_dtype_for: public here too
 
 # A sample smaller than this gives a threshold too noisy to be useful; below
 # it the whole tensor is its own sample.
@@ -27,9 +28,6 @@ MIN_SAMPLE_SIZE = 4096
 # Aim the threshold a little below the k-th largest so that one pass usually
 # yields enough candidates (about 1-1.3 k).
 CANDIDATE_MARGIN = 1.3
-# The dtypes the compiled kernel is registered for (its op's `T` attribute);
-# any other floating dtype (float64) takes the pure-TensorFlow path.
-KERNEL_DTYPES = (tf.float32, tf.float16, tf.bfloat16)
 
 
 def _validate(x, k, sample_ratio):
@@ -42,11 +40,6 @@ def _validate(x, k, sample_ratio):
         raise ValueError("sampled_topk: `x` is empty; there is nothing to select.")
     if isinstance(k, int) and size is not None and not 1 <= k <= size:
         raise ValueError(f"sampled_topk: `k` must be in [1, {size}] (the size of `x`), got {k}.")
-
-
-def index_dtype_for(size):
-    """int32 flat indices where they fit, int64 beyond 2^31 - 1 elements."""
-    return tf.int32 if size is not None and size < 2**31 else tf.int64
 
 
 def sampled_topk(x, k, sample_ratio=0.01, seed=None):
