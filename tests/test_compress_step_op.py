@@ -80,6 +80,37 @@ def test_matches_the_pure_steps(compiled, nesterov):
     np.testing.assert_array_equal(u, u_want.numpy())
 
 
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("fn", [compress_step, compress_step_tf], ids=["kernel", "fallback"])
+def test_without_mask_selected_the_caller_masks(compiled, fn, momentum, nesterov, sparse):
+    """`mask_selected=False` (an exchange that applies other entries than these, a
+    leader's): the step accumulates and selects as the pure steps do and zeroes
+    nothing; masking afterwards gives the bits of masking in the step."""
+    rng = np.random.default_rng(20 + int(10 * momentum) + 2 * nesterov + 4 * sparse)
+    u0 = rng.normal(size=SHAPE).astype(np.float32) if momentum else None
+    v0 = rng.normal(size=SHAPE).astype(np.float32)
+    grad = _gradient(rng, sparse)
+    kwargs = dict(momentum_factor=momentum, nesterov=nesterov)
+    values, indices, v, u = _run(fn, u0, v0, grad, 45, mask_selected=False, **kwargs)
+    u_want, v_want = compression.momentum_correction(
+        np.zeros_like(v0) if u0 is None else u0, v0, tf.convert_to_tensor(grad), momentum,
+        nesterov)
+    values_want, indices_want = compression.select(v_want, 45)
+    np.testing.assert_array_equal(values, values_want.numpy())
+    np.testing.assert_array_equal(indices, indices_want.numpy())
+    np.testing.assert_array_equal(v, v_want.numpy())
+    if u0 is not None:
+        np.testing.assert_array_equal(u, u_want.numpy())
+    masked = _run(fn, u0, v0, grad, 45, **kwargs)
+    u_later, v_later = compression.mask_sent(np.zeros_like(v) if u is None else u, v,
+                                             tf.constant(indices))
+    np.testing.assert_array_equal(v_later.numpy(), masked[2])
+    if u0 is not None:
+        np.testing.assert_array_equal(u_later.numpy(), masked[3])
+
+
 def test_sparse_gradient_equals_its_dense_form(compiled):
     rng = np.random.default_rng(6)
     u0, v0 = (rng.normal(size=SHAPE).astype(np.float32) for _ in range(2))

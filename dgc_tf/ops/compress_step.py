@@ -7,6 +7,8 @@ variable and this step's gradient g it does, in order,
                                                       no buffer, m == 0: v = v + g)
     selection             the k entries of v largest in |v| (`sampled_topk`)
     masking               v[sent] = 0, and u[sent] = 0 with momentum masking
+                          (unless `mask_selected=False`: then the caller masks
+                          later what its exchange applied)
 
 and returns the selected `(values, flat indices)`. These are
 `dgc_tf.compression`'s pure steps (`momentum_correction`, `select`,
@@ -31,7 +33,7 @@ from dgc_tf.ops.topk import sampled_topk, sampled_topk_tf
 
 
 def compress_step(residual, momentum, grad, k, *, momentum_factor, nesterov=False,
-                  momentum_masking=True, sample_ratio=0.01, seed=None):
+                  momentum_masking=True, mask_selected=True, sample_ratio=0.01, seed=None):
     """Momentum correction, top-k selection and masking of one variable's state, in place.
 
     Args:
@@ -45,11 +47,15 @@ def compress_step(residual, momentum, grad, k, *, momentum_factor, nesterov=Fals
       momentum_factor: m, in [0, 1).
       nesterov: Nesterov momentum correction.
       momentum_masking: also zero the momentum where v was sent.
+      mask_selected: zero what was selected (v, and u with `momentum_masking`).
+        False leaves both unmasked: for an exchange that applies other entries
+        than this selection (a leader's), after which the caller masks what
+        was applied.
       sample_ratio: fraction of v sampled for the selection threshold, in (0, 1].
       seed: optional sampling seed (the result does not depend on it).
 
     Returns:
-      `(values, indices)`: `[k]` signed values of v before masking, by
+      `(values, indices)`: `[k]` signed values of v before any masking, by
       descending magnitude (ties to the lower index), and their flat int32
       indices (int64 for 2^31 elements or more).
     """
@@ -65,13 +71,14 @@ def compress_step(residual, momentum, grad, k, *, momentum_factor, nesterov=Fals
     if ops is None or residual.dtype not in KERNEL_DTYPES or (sparse and on_gpu):
         return compress_step_tf(residual, momentum, grad, k, momentum_factor=momentum_factor,
                                 nesterov=nesterov, momentum_masking=momentum_masking,
-                                sample_ratio=sample_ratio, seed=seed)
+                                mask_selected=mask_selected, sample_ratio=sample_ratio,
+                                seed=seed)
     dense_op, sparse_op = ops
     attrs = dict(
         Tindices=index_dtype_for(residual.shape.num_elements()),
         momentum_factor=float(momentum_factor), nesterov=bool(nesterov),
         has_momentum=momentum is not None, momentum_masking=bool(momentum_masking),
-        sample_ratio=float(sample_ratio), seed=-1 if seed is None else int(seed))
+        mask_selected=bool(mask_selected), sample_ratio=float(sample_ratio), seed=-1 if seed is None else int(seed))
     # Without a buffer the kernel ignores its momentum input; it still needs a handle.
     u_handle = (momentum if momentum is not None else residual).handle
     k = k_tensor(k)
@@ -85,7 +92,7 @@ def compress_step(residual, momentum, grad, k, *, momentum_factor, nesterov=Fals
 
 
 def compress_step_tf(residual, momentum, grad, k, *, momentum_factor, nesterov=False,
-                     momentum_masking=True, sample_ratio=0.01, seed=None):
+                     momentum_masking=True, mask_selected=True, sample_ratio=0.01, seed=None):
     """Pure-TensorFlow `compress_step` (the fallback; same arguments and results)."""
     accumulate_tf(residual, momentum, grad, momentum_factor, nesterov)
     v = residual.read_value()
@@ -93,6 +100,8 @@ def compress_step_tf(residual, momentum, grad, k, *, momentum_factor, nesterov=F
         values, indices = sampled_topk(v, k, sample_ratio=sample_ratio, seed=seed)
     else:  # no selection kernel for it either
         values, indices = sampled_topk_tf(v, k, sample_ratio=sample_ratio)
+    if not mask_selected:
+        return values, indices
     with tf.control_dependencies([values]):  # select from v before zeroing it
         zero_at(residual, indices)
         if momentum is not None and momentum_masking:

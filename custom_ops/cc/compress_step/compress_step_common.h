@@ -34,6 +34,10 @@ struct StepParams {
   bool nesterov;
   bool has_momentum;      // false: no momentum buffer (m == 0), u == g
   bool momentum_masking;  // zero u where v was sent
+  // Zero what was selected (MaskSent) in the step. False: the step only
+  // accumulates and selects, and the caller masks later what it applied
+  // (an exchange that applies other entries than this replica's selection).
+  bool mask_selected = true;
 };
 
 // One rounding per operation. For float on a GPU the intrinsics also keep

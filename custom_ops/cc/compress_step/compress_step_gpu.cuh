@@ -41,8 +41,9 @@ __global__ void MaskKernel(StepParams<T> p, const Index* __restrict__ indices,
 }
 
 // Accumulates g into u (unused without a momentum buffer) and v, writes the
-// exact top-k of v by magnitude to values/indices (device memory) and zeroes
-// what was sent. F is T's format (dgc_topk::Format, same width as T).
+// exact top-k of v by magnitude to values/indices (device memory) and, with
+// p.mask_selected, zeroes what was sent. F is T's format (dgc_topk::Format,
+// same width as T).
 template <dgc_topk::Format F, typename T, typename Index>
 dgc_topk::gpu::Result CompressStep(const StepParams<T>& p, const T* g, T* u,
                                    T* v, int64_t n, int64_t k,
@@ -60,7 +61,7 @@ dgc_topk::gpu::Result CompressStep(const StepParams<T>& p, const T* g, T* u,
   dgc_topk::gpu::Result r = dgc_topk::gpu::SampledTopK<F, Index>(
       reinterpret_cast<const Bits*>(v), n, k, sample_ratio, seed,
       reinterpret_cast<Bits*>(values), indices, scratch, launch, stream);
-  if (!r.ok()) return r;
+  if (!r.ok() || !p.mask_selected) return r;
   const dgc_topk::gpu::LaunchConfig mask = launch(k);
   MaskKernel<T, Index><<<mask.block_count, mask.thread_per_block, 0, stream>>>(p, indices, k, u, v);
   e = cudaGetLastError();

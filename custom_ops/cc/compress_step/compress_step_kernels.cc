@@ -119,7 +119,9 @@ absl::Status CompressStepFunctor<CPUDevice, T, Tindices>::operator()(
   // Selection on the new residual, then masking of what was sent.
   TF_RETURN_IF_ERROR((SampledTopKFunctor<CPUDevice, T, Tindices>()(
       ctx, v, n, k, sample_ratio, seed, values, indices)));
-  for (int64_t j = 0; j < k; ++j) dgc_compress::MaskSent(params, indices[j], u, v);
+  if (params.mask_selected) {
+    for (int64_t j = 0; j < k; ++j) dgc_compress::MaskSent(params, indices[j], u, v);
+  }
   return absl::OkStatus();
 }
 
@@ -167,6 +169,7 @@ class CompressStepOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("nesterov", &params_.nesterov));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("has_momentum", &params_.has_momentum));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("momentum_masking", &params_.momentum_masking));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("mask_selected", &params_.mask_selected));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("sample_ratio", &sample_ratio_));
     OP_REQUIRES(ctx, sample_ratio_ > 0.0f && sample_ratio_ <= 1.0f,
                 errors::InvalidArgument(

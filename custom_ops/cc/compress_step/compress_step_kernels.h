@@ -30,7 +30,8 @@ struct StepGradient {
 
 // Accumulates `grad` into u (unused without a momentum buffer) and v, both of
 // n = num_rows * cols elements, selects the exact top-k of v by magnitude
-// into values/indices and zeroes what was sent. The caller has checked
+// into values/indices and, with params.mask_selected, zeroes what was sent.
+// The caller has checked
 // shapes, 1 <= k <= n, that n - 1 fits Tindices and that sparse rows are in
 // range; NaN in v is reported as InvalidArgument.
 // One specialization per Device (below), each with the same call operator.

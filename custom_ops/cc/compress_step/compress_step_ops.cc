@@ -18,7 +18,9 @@ Then selects the k entries of the new residual largest in |v| exactly as
 DGC>SampledTopK does (sampled threshold, one candidate pass, exact top-k;
 ties to the lower flat index; NaN rejected), zeroes the residual there and,
 with `momentum_masking`, the momentum too, and returns the selected
-(values, flat indices) of the residual before zeroing.
+(values, flat indices) of the residual before zeroing. With
+`mask_selected=false` nothing is zeroed: the caller masks later what its
+exchange applied (which may be other entries than these).
 
 Every operation rounds in T in the order the pure-TensorFlow path uses, so
 both paths give the same numbers. The variables are updated in place under
@@ -31,6 +33,7 @@ residual: resource of the residual v, same shape and dtype T.
 k: scalar, 1 <= k <= size(v).
 momentum_factor: m.
 has_momentum: false when m == 0 and no buffer is kept (then u == g).
+mask_selected: zero what was selected (default); false leaves u and v unmasked.
 values: [k] signed values of v at `indices`, by descending |v|.
 indices: [k] flat (row-major) indices into v.
 )doc";
@@ -51,6 +54,7 @@ REGISTER_OP("DGC>CompressStep")
     .Attr("nesterov: bool = false")
     .Attr("has_momentum: bool = true")
     .Attr("momentum_masking: bool = true")
+    .Attr("mask_selected: bool = true")
     .Attr("sample_ratio: float = 0.01")
     .Attr("seed: int = -1")
     .SetShapeFn([](InferenceContext* c) { return SelectedEntries(c, /*k_input=*/3); })
@@ -79,6 +83,7 @@ REGISTER_OP("DGC>SparseCompressStep")
     .Attr("nesterov: bool = false")
     .Attr("has_momentum: bool = true")
     .Attr("momentum_masking: bool = true")
+    .Attr("mask_selected: bool = true")
     .Attr("sample_ratio: float = 0.01")
     .Attr("seed: int = -1")
     .SetShapeFn([](InferenceContext* c) {

@@ -9,7 +9,8 @@
 // Checks the fused step bit for bit against the CPU reference built from the
 // same header (compress_step_common.h: AccumulateRange, then an exact top-k by
 // sorting, then MaskSent) for momentum SGD, Nesterov, no momentum buffer,
-// with and without momentum masking, at several sizes and densities. Then
+// with and without momentum masking, masking in the step or left to the
+// caller (mask_selected), at several sizes and densities. Then
 // times it at 1M / 25M / 100M elements (0.1%) beside a device-to-device copy
 // of the bytes it must move at least (g, u, v read, u and v written: 5 n
 // words), in GB/s.
@@ -52,6 +53,7 @@ void Reference(const StepParams<float>& p, const std::vector<float>& g, std::vec
     (*indices)[j] = order[j];
     (*values)[j] = (*v)[order[j]];
   }
+  if (!p.mask_selected) return;
   for (int64_t j = 0; j < k; ++j) dgc_compress::MaskSent(p, order[j], u->data(), v->data());
 }
 
@@ -99,9 +101,10 @@ bool CheckOne(int64_t n, int64_t k, const StepParams<float>& p, uint64_t seed,
                   std::memcmp(got_values.data(), want_values.data(), k * 4) == 0 &&
                   std::memcmp(got_v.data(), v.data(), n * 4) == 0 &&
                   (!p.has_momentum || std::memcmp(got_u.data(), u.data(), n * 4) == 0);
-  std::printf("%s n=%lld k=%lld momentum=%d nesterov=%d masking=%d%s%s\n", ok ? "ok  " : "FAIL",
-              static_cast<long long>(n), static_cast<long long>(k), p.has_momentum,
-              p.nesterov, p.momentum_masking, r.ok() ? "" : " error: ", r.message.c_str());
+  std::printf("%s n=%lld k=%lld momentum=%d nesterov=%d masking=%d mask_selected=%d%s%s\n",
+              ok ? "ok  " : "FAIL", static_cast<long long>(n), static_cast<long long>(k),
+              p.has_momentum, p.nesterov, p.momentum_masking, p.mask_selected,
+              r.ok() ? "" : " error: ", r.message.c_str());
   return ok;
 }
 
@@ -176,8 +179,11 @@ int main(int argc, char** argv) {
       const int64_t k = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(density * n)));
       for (int mode = 0; mode < 3; ++mode) {  // momentum SGD, Nesterov, no buffer
         for (bool masking : {true, false}) {
-          const StepParams<float> p{mode == 2 ? 0.0f : 0.9f, mode == 1, mode != 2, masking};
-          ok = CheckOne(n, k, p, seed++, stream) && ok;
+          for (bool mask_selected : {true, false}) {
+            const StepParams<float> p{mode == 2 ? 0.0f : 0.9f, mode == 1, mode != 2, masking,
+                                      mask_selected};
+            ok = CheckOne(n, k, p, seed++, stream) && ok;
+          }
         }
       }
     }
