@@ -14,7 +14,7 @@
 
 #include <algorithm>
 #include <cstring>
-#include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "common/kernel_util.h"
