@@ -178,3 +178,16 @@ def test_leader_route_once_per_worker_with_two_replicas_each(tmp_path):
     workers = per_worker_run(tmp_path, 2, "leader")
     check_per_worker_semantics(workers, "leader", 2)
     assert json.loads(str(workers[0]["routes"])) == {"w0:0": "leader", "w1:0": "leader"}
+
+
+def test_two_replicas_per_worker_put_one_replicas_bytes_on_the_wire(tmp_path):
+    """2 workers x 2 logical CPUs against 2 x 1 ("auto": the all-gather with 2 workers):
+    each the reference's update for its workers' gradients, with the same exchange bytes."""
+    one = per_worker_run(tmp_path, 1, "auto")
+    two = per_worker_run(tmp_path, 2, "auto")
+    check_per_worker_semantics(one, "allgather", 1)
+    check_per_worker_semantics(two, "allgather", 2)
+    for case in ("momentum", "plain"):
+        for key in ("last_bytes_sent", "bytes_sent", "dense_bytes"):
+            assert float(two[0][f"{case}/{key}"]) == float(one[0][f"{case}/{key}"]) > 0, key
+    assert json.loads(str(two[0]["routes"])) == {"w0:0": "allgather", "w1:0": "allgather"}
