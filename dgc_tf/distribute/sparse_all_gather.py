@@ -62,8 +62,7 @@ from tensorflow.python.distribute import cross_device_utils
 from tensorflow.python.platform import tf_logging as logging
 from tensorflow.python.util import nest
 
-from dgc_tf import wire
-from dgc_tf.distribute import worker_exchange
+from dgc_tf.distribute import wire, worker_exchange
 from dgc_tf.distribute.collective_timeout import warn_if_collective_timeout
 from dgc_tf.distribute.devices import default_devices
 from dgc_tf.distribute.payload import CompressedGradient, ReducedGradient
