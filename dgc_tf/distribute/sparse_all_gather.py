@@ -354,6 +354,9 @@ class SparseAllGather(cross_device_ops_lib.CollectiveAllReduce):
     # -- the exchange ------------------------------------------------------------
 
     def _all_reduce(self, reduce_op, value, replica_id, options):
+        # Split by route, not by `cross_device_utils.split_by_sparsity`: a plain
+        # tf.IndexedSlices (a dense variable's embedding gradient) must take
+        # TensorFlow's own gather, and compressed gradients take three routes.
         flat = nest.flatten(value)
         compressed = [i for i, v in enumerate(flat) if isinstance(v, CompressedGradient)]
         if reduce_op != tf.distribute.ReduceOp.SUM:
@@ -361,11 +364,9 @@ class SparseAllGather(cross_device_ops_lib.CollectiveAllReduce):
         routes = {i: self.route(flat[i]) for i in compressed}
         if routes and replica_id == 0:
             self._record_routes({flat[i].variable_name: r for i, r in routes.items()})
-        results = [None] * len(flat)
         gathered = [i for i in compressed if routes[i] == "allgather"]
-        for i, result in zip(gathered, self._all_gather_compressed(
-                [flat[i] for i in gathered], replica_id, options)):
-            results[i] = result
+        gathered_results = self._all_gather_compressed([flat[i] for i in gathered], replica_id,
+                                                       options)
         # The leaders' indices first; then one all-reduce (per dtype) sums the
         # dense tensors, the dense route's densified entries and the residual
         # values at the leaders' indices together.
@@ -375,14 +376,14 @@ class SparseAllGather(cross_device_ops_lib.CollectiveAllReduce):
         with tf.device(self._devices[replica_id]):
             to_reduce = ([self._densify(flat[i]) if i in routes else flat[i] for i in dense]
                          + [tf.gather(flat[i].residual, idx) for i, idx in zip(led, leader_indices)])
-        if to_reduce:
-            reduced = self._reduce_dense(reduce_op, to_reduce, replica_id, options)
-            for i, result in zip(dense, reduced):
-                results[i] = self._reduced(flat[i], result) if i in routes else result
-            for i, idx, summed in zip(led, leader_indices, reduced[len(dense):]):
-                results[i] = ReducedGradient(tf.cast(summed, flat[i].values.dtype), idx,
-                                             flat[i].dense_shape, applied=idx, route="leader")
-        return nest.pack_sequence_as(value, results)
+        reduced = self._reduce_dense(reduce_op, to_reduce, replica_id, options) if to_reduce else []
+        dense_results = [self._reduced(flat[i], r) if i in routes else r
+                         for i, r in zip(dense, reduced)]
+        led_results = [ReducedGradient(tf.cast(summed, flat[i].values.dtype), idx,
+                                       flat[i].dense_shape, applied=idx, route="leader")
+                       for i, idx, summed in zip(led, leader_indices, reduced[len(dense):])]
+        return nest.pack_sequence_as(value, cross_device_utils.stitch_values(
+            [(gathered_results, gathered), (dense_results, dense), (led_results, led)]))
 
     def _record_routes(self, routes):
         if routes != {name: self.routes.get(name) for name in routes}:

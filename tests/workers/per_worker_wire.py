@@ -41,7 +41,8 @@ grads = strategy.experimental_distribute_values_from_function(
 
 
 def dense_all_reduce(g):
-    summed = tf.distribute.get_replica_context().all_reduce("SUM", g)
+    # identity places the values on the replica's device, as an optimizer's gradients are.
+    summed = tf.distribute.get_replica_context().all_reduce("SUM", [tf.identity(x) for x in g])
     return tf.add_n([tf.reduce_sum(s) for s in summed])
 
 
