@@ -270,7 +270,7 @@ def test_per_worker_arguments_are_validated():
         SparseAllGather(DEVICES, per_worker="yes")
     with pytest.raises(ValueError, match="`group_size` \\(3\\) must be a multiple"):
         SparseAllGather(DEVICES, group_size=3)
-    with pytest.raises(ValueError, match="`replicas_per_worker` must be None or a positive"):
+    with pytest.raises(ValueError, match="`replicas_per_worker` must be a positive integer, got 0"):
         MultiWorkerMirroredStrategy(replicas_per_worker=0)
     with pytest.raises(ValueError, match="`count` must be a positive integer, got 0"):
         configure_logical_cpus(0)

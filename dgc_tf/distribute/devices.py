@@ -33,8 +33,7 @@ def configure_logical_cpus(count):
       ValueError: `count` is not a positive integer.
       RuntimeError: the runtime has already started with another count.
     """
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"`count` must be a positive integer, got {count!r}.")
+    check_count("count", count)
     cpu = tf.config.list_physical_devices("CPU")[0]
     try:
         tf.config.set_logical_device_configuration(
@@ -48,3 +47,9 @@ def configure_logical_cpus(count):
                 "dgc_tf.distribute.strategy_from_environment) before any other TensorFlow "
                 "call that builds a tensor, dataset, model or strategy.") from e
     return [f"/device:CPU:{i}" for i in range(count)]
+
+
+def check_count(name, value):
+    """A ValueError naming argument `name` unless `value` is a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")

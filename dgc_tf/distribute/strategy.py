@@ -11,6 +11,7 @@ from tensorflow.python.distribute import collective_all_reduce_strategy as mwms_
 from tensorflow.python.distribute import distribute_lib
 
 from dgc_tf.distribute import sparse_all_gather
+from dgc_tf.distribute.devices import check_count
 from dgc_tf.distribute.sparse_all_gather import SparseAllGather
 
 
@@ -99,11 +100,8 @@ class MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
                  exchange="auto", per_worker=None, replicas_per_worker=None):
         # Before TensorFlow's strategy waits for the other workers.
         sparse_all_gather.check_arguments(wire_dtype, exchange, per_worker)
-        if replicas_per_worker is not None and (
-                isinstance(replicas_per_worker, bool) or not isinstance(replicas_per_worker, int)
-                or replicas_per_worker < 1):
-            raise ValueError("`replicas_per_worker` must be None or a positive integer, "
-                             f"got {replicas_per_worker!r}.")
+        if replicas_per_worker is not None:
+            check_count("replicas_per_worker", replicas_per_worker)
         if communication_options is None:
             communication_options = tf.distribute.experimental.CommunicationOptions()
         # TensorFlow's __init__ would build the stock extended object; build ours.

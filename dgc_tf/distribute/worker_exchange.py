@@ -124,10 +124,13 @@ def exchange_of(strategy=None):
       under another strategy its `CrossDeviceOps`; None where it has none (the
       default strategy, TPU strategies).
     """
-    strategy = strategy or tf.distribute.get_strategy()
-    # tf.distribute has no public accessor for a strategy's CrossDeviceOps.
-    ops = getattr(strategy.extended, "_cross_device_ops", None)
+    ops = _cross_device_ops(strategy or tf.distribute.get_strategy())
     return getattr(ops, "compressed_exchange", ops)
+
+
+def _cross_device_ops(strategy):
+    # tf.distribute has no public accessor for a strategy's CrossDeviceOps.
+    return getattr(strategy.extended, "_cross_device_ops", None)
 
 
 def compress_per_worker(ctx, grads):
@@ -144,8 +147,8 @@ def compress_per_worker(ctx, grads):
     Returns:
       `(context, gradients)`.
     """
-    exchange = getattr(ctx.strategy.extended, "_cross_device_ops", None)
-    if getattr(exchange, "compressed_exchange", exchange) is exchange:
+    exchange = _cross_device_ops(ctx.strategy)
+    if exchange_of(ctx.strategy) is exchange:
         return ctx, grads
     summed = ctx.merge_call(lambda _, *g: exchange.reduce_within_worker(g), args=tuple(grads))
     return WorkerReplicaContext(ctx, exchange), list(summed)
