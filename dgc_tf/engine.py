@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from dgc_tf import compression
 from dgc_tf.distribute.payload import CompressedGradient, handed_bytes
+from dgc_tf.distribute.worker_exchange import compress_per_worker, exchange_of
 from dgc_tf.ops.compress_step import compress_step
 from dgc_tf.ops.topk import index_dtype_for
 
@@ -98,8 +99,8 @@ def prepare_gradient(grad, variable, compressed):
 
 
 def _cross_device_ops():
-    """The strategy's CrossDeviceOps, where it has one (None for the default strategy)."""
-    return getattr(tf.distribute.get_strategy().extended, "_cross_device_ops", None)
+    """The exchange the step hands its gradients to (None for the default strategy)."""
+    return exchange_of(tf.distribute.get_strategy())
 
 
 def check_not_xla():
@@ -156,9 +157,11 @@ def compress_and_exchange(config, grads, variables, slots, step):
     """
     check_not_xla()
     ctx = replica_context()
-    num_replicas = ctx.num_replicas_in_sync
     grads = [prepare_gradient(g, v, slot.compressed)
              for g, v, slot in zip(grads, variables, slots)]
+    # A worker with several replicas sums their gradients first and compresses once.
+    ctx, grads = compress_per_worker(ctx, grads)
+    num_replicas = ctx.num_replicas_in_sync
     exchange = _cross_device_ops()
 
     # A replica with NaN/Inf must not touch anyone's state. Agreeing on that

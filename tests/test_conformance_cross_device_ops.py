@@ -202,7 +202,8 @@ def test_deep_copy_keeps_the_class_the_wire_and_the_devices():
 
 def test_deep_copy_of_a_strategy_keeps_the_sparse_exchange():
     strategy = tf.distribute.MirroredStrategy(
-        DEVICES, cross_device_ops=SparseAllGather(DEVICES, wire_dtype=tf.float16))
+        DEVICES, cross_device_ops=SparseAllGather(DEVICES, wire_dtype=tf.float16, per_worker=True))
     clone = copy.deepcopy(strategy)
     ops = clone.extended._cross_device_ops
     assert type(ops) is SparseAllGather and ops.wire_dtype == tf.float16
+    assert ops.per_worker and type(ops.compressed_exchange) is SparseAllGather

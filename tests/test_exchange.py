@@ -17,7 +17,8 @@ import pytest
 import tensorflow as tf
 
 import dgc_tf.keras3
-from dgc_tf.distribute import MultiWorkerMirroredStrategy, SparseAllGather
+from dgc_tf.distribute import MultiWorkerMirroredStrategy, SparseAllGather, exchange_of
+from dgc_tf.distribute import configure_logical_cpus
 from dgc_tf.distribute import sparse_all_gather as exchange_lib
 from dgc_tf.compression import WARMUP_DENSITIES, num_selected
 from tests import harness
@@ -130,7 +131,7 @@ def test_leader_route_matches_reference_step_by_step(case):
             for replica, got in enumerate(harness.local_values(slot.momentum)):
                 np.testing.assert_allclose(got, reference.u[replica][j], rtol=1e-5, atol=1e-5,
                                            err_msg=f"{case}: momentum {j}/{replica}, {step}")
-    routes = run.strategy.extended._cross_device_ops.routes
+    routes = exchange_of(run.strategy).routes
     assert sorted(routes) == ["w0:0", "w1:0"] and set(routes.values()) == {"leader"}, routes
 
 
@@ -168,7 +169,7 @@ FOUR_REPLICAS = textwrap.dedent("""
     from tests import harness  # configures 2 logical CPUs when imported: 4 here, after it
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 4)
-    import dgc_tf.keras3
+    import dgc_tf.distribute, dgc_tf.keras3
     from dgc_tf.distribute import SparseAllGather
     from dgc_tf.distribute import sparse_all_gather as lib
     from tests.dgc_reference import DGCReference
@@ -192,7 +193,7 @@ FOUR_REPLICAS = textwrap.dedent("""
             for replica in range(4):
                 np.testing.assert_allclose(residuals[replica], reference.v[replica][j],
                                            rtol=1e-5, atol=1e-5)
-    ops = strategy.extended._cross_device_ops
+    ops = dgc_tf.distribute.exchange_of(strategy)
     assert sorted(ops.routes.values()) == ["leader", "leader"], ops.routes
     k = [656, 192]
     expected_bytes = sum(lib.route_bytes("leader", 0, n, 4, 4, 4) for n in k)
@@ -229,7 +230,54 @@ def test_dense_route_is_the_allgather_update_exactly():
         grads = per_replica_grads(rng, SHAPES)
     for got, want in zip(run.weights(), expected):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    assert set(run.strategy.extended._cross_device_ops.routes.values()) == {"dense"}
+    assert set(exchange_of(run.strategy).routes.values()) == {"dense"}
+
+
+# -- one compressed exchange per worker (2 workers x 2 replicas: tests/test_multiworker.py) -------
+
+def test_per_worker_sums_the_local_replicas_then_compresses_once():
+    """One worker, per_worker=True: DGC of the replicas' summed gradient, one residual
+    held identically by both replicas, nothing over a network (a group of one)."""
+    kwargs = dict(learning_rate=0.1, momentum=0.9, compress_ratio=0.01)
+    rng = np.random.default_rng(21)
+    weights = [rng.normal(size=s).astype(np.float32) for s in SHAPES]
+    run = harness.Run("keras3", dgc_tf.keras3.DGCSGD, kwargs, weights,
+                      strategy=tf.distribute.MirroredStrategy(
+                          DEVICES, cross_device_ops=SparseAllGather(DEVICES, per_worker=True)))
+    reference = DGCReference(SHAPES, 1, dtype=np.float32, **kwargs)
+    expected = [w.copy() for w in weights]
+    for step in range(4):
+        grads = per_replica_grads(rng, SHAPES)
+        run.apply(grads)
+        expected = reference.step(expected, [[sum(g[j] for g in grads)
+                                              for j in range(len(SHAPES))]])
+        for got, want in zip(run.weights(), expected):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"step {step}")
+        for j in (0, 1):
+            copies = harness.local_values(run.optimizer._dgc_slots.at(j).residual)
+            assert np.array_equal(copies[0], copies[1])
+            np.testing.assert_allclose(copies[0], reference.v[0][j], rtol=1e-5, atol=1e-5)
+    exchange = exchange_of(run.strategy)
+    assert exchange is run.strategy.extended._cross_device_ops.compressed_exchange
+    assert exchange.num_workers == 1 and sorted(exchange.routes) == ["w0:0", "w1:0"]
+    assert run.optimizer.compression_stats()["last_bytes_sent"] == 0  # one worker: no network
+    # Per replica (the default with one worker) the exchange is the strategy's own.
+    assert exchange_of(strategy("auto")) is strategy("auto").extended._cross_device_ops
+
+
+def test_per_worker_arguments_are_validated():
+    with pytest.raises(ValueError, match="`per_worker` must be None, True or False, got 'yes'"):
+        SparseAllGather(DEVICES, per_worker="yes")
+    with pytest.raises(ValueError, match="`group_size` \\(3\\) must be a multiple"):
+        SparseAllGather(DEVICES, group_size=3)
+    with pytest.raises(ValueError, match="`replicas_per_worker` must be a positive integer, got 0"):
+        MultiWorkerMirroredStrategy(replicas_per_worker=0)
+    with pytest.raises(ValueError, match="`count` must be a positive integer, got 0"):
+        configure_logical_cpus(0)
+    # The runtime has started with 2 logical CPUs (tests/conftest.py): 2 is fine, 3 is not.
+    assert configure_logical_cpus(harness.NUM_REPLICAS) == ["/device:CPU:0", "/device:CPU:1"]
+    with pytest.raises(RuntimeError, match="already started with 2"):
+        configure_logical_cpus(3)
 
 
 # -- the 16-bit dense baseline -----------------------------------------------------------------

@@ -10,6 +10,8 @@ import sys
 import numpy as np
 import pytest
 
+from tests.dgc_reference import DGCReference
+
 pytestmark = pytest.mark.multiworker
 WORKERS = os.path.join(os.path.dirname(__file__), "workers")
 
@@ -107,3 +109,85 @@ def test_dead_worker_fails_the_other_then_backup_resumes(tmp_path):
     # ON_READ residuals: the checkpoint keeps their sum over workers.
     assert float(restored_total) == pytest.approx(saved_total, rel=1e-5)
     assert int((out / "iterations.txt").read_text()) == 3 * steps_per_epoch
+
+
+# -- several replicas per worker: one compressed exchange per worker ----------------------------
+
+def per_worker_run(tmp_path, replicas_per_worker, exchange, per_worker="auto"):
+    """Two workers of tests/workers/per_worker.py; returns their saved arrays."""
+    out = tmp_path / f"{replicas_per_worker}x{exchange}{per_worker}"
+    out.mkdir()
+    codes, outputs = run_workers(os.path.join(WORKERS, "per_worker.py"),
+                                 [str(out), str(replicas_per_worker), exchange, per_worker])
+    assert codes == [0, 0], "\n".join(outputs)
+    return [dict(np.load(out / f"worker{i}.npz")) for i in range(2)]
+
+
+def applied(saved):
+    """`(cases, initial weights, grads[step][replica][variable])` a per_worker.py run applied."""
+    n = len([k for k in saved if k.startswith("initial/")])
+    steps = 1 + max(int(k.split("/")[1]) for k in saved if k.startswith("grad/"))
+    replicas = int(saved["replicas"])
+    grads = [[[saved[f"grad/{t}/{r}/{j}"] for j in range(n)] for r in range(replicas)]
+             for t in range(steps)]
+    return json.loads(str(saved["cases"])), [saved[f"initial/w{j}"] for j in range(n)], grads
+
+
+def check_per_worker_semantics(workers, exchange, replicas_per_worker):
+    """Identical replicas, the NumPy reference on each worker's summed gradient, conservation."""
+    w0, w1 = workers
+    for key in w0:  # weights, byte counts, inputs; residuals are each worker's own
+        if "residual" not in key:
+            np.testing.assert_array_equal(w0[key], w1[key], err_msg=key)
+    cases, weights, grads = applied(w0)
+    shapes = [w.shape for w in weights]
+    compressed = [j for j in range(len(shapes)) if f"momentum/residual{j}/0" in w0]
+    assert compressed == [0, 1]
+    for worker in workers:
+        for case in cases:
+            for j in compressed:  # the worker's local replicas hold one residual, bit for bit
+                copies = [worker[f"{case}/residual{j}/{r}"] for r in range(replicas_per_worker)]
+                assert all(np.array_equal(copies[0], c) for c in copies[1:]), (case, j)
+    # The reference with one replica per worker, each worker's gradient the sum of its replicas'.
+    num_workers = 2
+    per_worker_grads = [[[sum(step[w * replicas_per_worker + r][j]
+                              for r in range(replicas_per_worker)) for j in range(len(shapes))]
+                         for w in range(num_workers)] for step in grads]
+    kwargs = cases["momentum"]
+    reference = DGCReference(shapes, num_workers, dtype=np.float32, exchange=exchange, **kwargs)
+    expected = [w.copy() for w in weights]
+    for step_grads in per_worker_grads:
+        expected = reference.step(expected, step_grads)
+    for j, want in enumerate(expected):
+        np.testing.assert_allclose(w0[f"momentum/w{j}"], want, rtol=1e-5, atol=1e-5)
+    for w, worker in enumerate(workers):
+        for j in compressed:
+            np.testing.assert_allclose(worker[f"momentum/residual{j}/0"], reference.v[w][j],
+                                       rtol=1e-5, atol=1e-5)
+    # Momentum 0: what was applied plus what the workers still hold is every gradient.
+    lr = cases["plain"]["learning_rate"]
+    for j in compressed:
+        total = sum(np.asarray(g[j], np.float64) for step in grads for g in step)
+        applied_sum = (weights[j].astype(np.float64) - w0[f"plain/w{j}"]) / lr
+        pending = sum(worker[f"plain/residual{j}/0"] for worker in workers)
+        np.testing.assert_allclose(pending + applied_sum, total, rtol=1e-4, atol=1e-4)
+
+
+def test_leader_route_once_per_worker_with_two_replicas_each(tmp_path):
+    """2 workers x 2 logical CPUs, exchange="leader": leaders rotate over workers."""
+    workers = per_worker_run(tmp_path, 2, "leader")
+    check_per_worker_semantics(workers, "leader", 2)
+    assert json.loads(str(workers[0]["routes"])) == {"w0:0": "leader", "w1:0": "leader"}
+
+
+def test_two_replicas_per_worker_put_one_replicas_bytes_on_the_wire(tmp_path):
+    """2 workers x 2 logical CPUs against 2 x 1 ("auto": the all-gather with 2 workers):
+    each the reference's update for its workers' gradients, with the same exchange bytes."""
+    one = per_worker_run(tmp_path, 1, "auto")
+    two = per_worker_run(tmp_path, 2, "auto")
+    check_per_worker_semantics(one, "allgather", 1)
+    check_per_worker_semantics(two, "allgather", 2)
+    for case in ("momentum", "plain"):
+        for key in ("last_bytes_sent", "bytes_sent", "dense_bytes"):
+            assert float(two[0][f"{case}/{key}"]) == float(one[0][f"{case}/{key}"]) > 0, key
+    assert json.loads(str(two[0]["routes"])) == {"w0:0": "allgather", "w1:0": "allgather"}

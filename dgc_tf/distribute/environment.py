@@ -5,27 +5,44 @@ import os
 
 import tensorflow as tf
 
+from dgc_tf.distribute.devices import configure_logical_cpus, default_devices
 from dgc_tf.distribute.sparse_all_gather import SparseAllGather
 from dgc_tf.distribute.strategy import MultiWorkerMirroredStrategy
 
 
-def strategy_from_environment(local_replicas=2):
+def strategy_from_environment(local_replicas=2, replicas_per_worker=None):
     """The strategy a DGC script wants where it runs.
 
     With `TF_CONFIG` (set by `dgc_tf.launch`, Kubeflow's TFJob or by hand):
     `dgc_tf.distribute.MultiWorkerMirroredStrategy`. Otherwise one process: a
     `tf.distribute.MirroredStrategy` with `SparseAllGather` over the GPUs, or,
-    without GPUs, over `local_replicas` logical CPUs (configured here, so call
-    this before TensorFlow initialises its devices).
+    without GPUs, over `local_replicas` logical CPUs.
+
+    Side effect: without GPUs this changes the process's device configuration
+    (`configure_logical_cpus`: the CPU split into `local_replicas` logical
+    devices in one process, `replicas_per_worker` under `TF_CONFIG` when
+    given), which TensorFlow allows only before its runtime starts. So call it
+    first, right after the imports; to configure devices yourself, call
+    `configure_logical_cpus` and build the strategy directly.
+
+    Args:
+      local_replicas: replicas of a single process without GPUs (>= 1).
+      replicas_per_worker: under `TF_CONFIG`, the replicas of each worker
+        (None: TensorFlow's choice, every GPU or one CPU device); a worker's
+        replicas sum their gradients and compress once.
+    Returns:
+      A `tf.distribute.Strategy`.
+    Raises:
+      RuntimeError: the CPU cannot be split any more (the runtime started).
     """
+    gpus = tf.config.list_physical_devices("GPU")
     if os.environ.get("TF_CONFIG"):
-        return MultiWorkerMirroredStrategy()
-    if not tf.config.list_physical_devices("GPU"):
-        cpus = tf.config.list_physical_devices("CPU")
-        tf.config.set_logical_device_configuration(
-            cpus[0], [tf.config.LogicalDeviceConfiguration()] * local_replicas)
-    devices = [d.name for d in (tf.config.list_logical_devices("GPU")
-                                or tf.config.list_logical_devices("CPU"))]
+        if replicas_per_worker is not None and not gpus:
+            configure_logical_cpus(replicas_per_worker)
+        return MultiWorkerMirroredStrategy(replicas_per_worker=replicas_per_worker)
+    if not gpus:
+        configure_logical_cpus(local_replicas)
+    devices = default_devices()
     return tf.distribute.MirroredStrategy(devices, cross_device_ops=SparseAllGather(devices))
 
 

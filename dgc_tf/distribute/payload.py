@@ -2,6 +2,8 @@
 
 import tensorflow as tf
 
+from dgc_tf.distribute import wire
+
 
 class CompressedGradient(tf.IndexedSlices):
     """One replica's sparse contribution for a compressed variable.
@@ -63,22 +65,17 @@ def handed_bytes(flat_values, wire_dtype=None):
     """Bytes a replica hands to collectives when it all-reduces `flat_values`.
 
     Compressed gradients count their values (in `wire_dtype` when given) and
-    indices; anything else counts its dense size.
+    indices in packed words (`wire.word_count`); anything else counts its
+    dense size.
     """
     total = 0
     for value in flat_values:
         if isinstance(value, CompressedGradient):
             value_dtype = tf.as_dtype(wire_dtype) if wire_dtype is not None else value.values.dtype
             count = tf.size(value.indices, out_type=tf.int64)
-            words = _words(count, value_dtype) + _words(count, value.indices.dtype)
-            total += words * 4
+            words = wire.word_count(count, value_dtype) + wire.word_count(count,
+                                                                          value.indices.dtype)
+            total += words * wire.WORD_BYTES
         else:
             total += tf.size(value, out_type=tf.int64) * value.dtype.size
     return tf.cast(total, tf.float64)
-
-
-def _words(count, dtype):
-    # Matches dgc_tf.wire.word_count: 16-bit elements travel in pairs.
-    if dtype.size == 2:
-        return (count + 1) // 2
-    return count * (dtype.size // 4)

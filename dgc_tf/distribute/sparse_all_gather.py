@@ -42,6 +42,10 @@ leader or dense, "allgather" allgather or dense. On equal bytes the order is
 allgather, leader, dense: with 2 replicas "auto" is DGC as published (the
 leader route moves the same bytes there, in two rounds).
 
+Where a worker has several replicas (`per_worker`), they sum their gradients
+densely first and the routes run once per worker, in a group of one device per
+worker: see `dgc_tf.distribute.worker_exchange`.
+
 `wire_dtype=tf.float16` sends every floating tensor of rank >= 1 in half
 precision: compressed values, dense gradients (Horovod's fp16 compression:
 cast before the all-reduce, summed in float16, cast back after) and the
@@ -58,8 +62,9 @@ from tensorflow.python.distribute import cross_device_utils
 from tensorflow.python.platform import tf_logging as logging
 from tensorflow.python.util import nest
 
-from dgc_tf import wire
+from dgc_tf.distribute import wire, worker_exchange
 from dgc_tf.distribute.collective_timeout import warn_if_collective_timeout
+from dgc_tf.distribute.devices import default_devices
 from dgc_tf.distribute.payload import CompressedGradient, ReducedGradient
 
 # Distinct collective group keys for each SparseAllGather built by hand in one
@@ -138,8 +143,10 @@ def choose_route(exchange, size, max_count, group_size, value_bytes, dense_bytes
     return min(allowed, key=lambda r: (cost[r], ROUTES.index(r)))
 
 
-def check_arguments(wire_dtype, exchange):
-    """A ValueError naming the argument unless both are allowed values."""
+def check_arguments(wire_dtype, exchange, per_worker=None):
+    """A ValueError naming the argument unless all are allowed values."""
+    if per_worker not in (None, True, False):
+        raise ValueError(f"`per_worker` must be None, True or False, got {per_worker!r}.")
     if wire_dtype not in WIRE_DTYPES:
         raise ValueError(f"`wire_dtype` must be None or tf.float16, got {wire_dtype!r}.")
     if exchange not in EXCHANGES:
@@ -169,6 +176,12 @@ class SparseAllGather(cross_device_ops_lib.CollectiveAllReduce):
         "leader" (a rotating leader's indices, values all-reduced) or
         "allgather" (every replica's own top-k, as published). Each may fall
         back to a dense all-reduce where that moves fewer bytes.
+      per_worker: whether each worker's replicas sum their gradients densely
+        and the worker exchanges compressed entries once, in a group of one
+        device per worker (`dgc_tf.distribute.worker_exchange`). None
+        (default): where `group_size` spans several workers and `devices`
+        holds several replicas; with one worker, True compresses the sum of
+        all replicas once and exchanges nothing over a network.
       collective_keys: internal; `MultiWorkerMirroredStrategy` passes its own.
 
     Example:
@@ -179,31 +192,45 @@ class SparseAllGather(cross_device_ops_lib.CollectiveAllReduce):
     """
 
     def __init__(self, devices=None, group_size=None, options=None, wire_dtype=None,
-                 exchange="auto", collective_keys=None, canonicalize_devices=True):
-        check_arguments(wire_dtype, exchange)
-        devices = list(devices or ())
-        if not devices:  # None or [] (no GPUs): what MirroredStrategy falls back to
-            devices = [d.name for d in (tf.config.list_logical_devices("GPU")
-                                        or tf.config.list_logical_devices("CPU"))]
+                 exchange="auto", per_worker=None, collective_keys=None,
+                 canonicalize_devices=True):
+        check_arguments(wire_dtype, exchange, per_worker)
+        devices = list(devices or ()) or default_devices()
+        group_size = group_size or len(devices)
+        if group_size % len(devices):
+            raise ValueError(f"`group_size` ({group_size}) must be a multiple of the number of "
+                             f"local devices ({len(devices)}): every worker has as many.")
         warn_if_collective_timeout(options)
         if collective_keys is None:
             collective_keys = cross_device_utils.CollectiveKeys(
                 group_key_start=next(GROUP_KEY_STARTS))
         super().__init__(
-            devices=devices, group_size=group_size or len(devices),
+            devices=devices, group_size=group_size,
             options=options or tf.distribute.experimental.CommunicationOptions(),
             collective_keys=collective_keys, canonicalize_devices=canonicalize_devices)
         self.wire_dtype = None if wire_dtype is None else tf.float16
         self.exchange = exchange
+        self.per_worker = per_worker
         # {variable name: route} of the compressed variables, as last traced.
         self.routes = {}
+        self._worker_exchange = None
+        if worker_exchange.per_worker_applies(per_worker, len(self._devices), group_size):
+            # One device per worker; with the same keys, so every worker takes
+            # the same group key for it (TensorFlow's own broadcast of initial
+            # values uses that group too).
+            self._worker_exchange = type(self)(
+                devices=self._devices[:1], group_size=group_size // len(self._devices),
+                options=self._options, wire_dtype=wire_dtype, exchange=exchange,
+                per_worker=False, collective_keys=collective_keys,
+                canonicalize_devices=canonicalize_devices)
+            self._local_reduction = worker_exchange.local_reduction(self._devices)
 
     @classmethod
-    def replacing(cls, collective, wire_dtype=None, exchange="auto"):
+    def replacing(cls, collective, wire_dtype=None, exchange="auto", per_worker=None):
         """A `SparseAllGather` on the same devices, group and keys as `collective`."""
         return cls(devices=collective._devices, group_size=collective._group_size,
                    options=collective._options, wire_dtype=wire_dtype, exchange=exchange,
-                   collective_keys=collective._collective_keys,
+                   per_worker=per_worker, collective_keys=collective._collective_keys,
                    canonicalize_devices=collective._canonicalize_devices)
 
     def __deepcopy__(self, memo):
@@ -212,9 +239,55 @@ class SparseAllGather(cross_device_ops_lib.CollectiveAllReduce):
         # return a plain CollectiveAllReduce without the sparse exchange.
         return type(self)(devices=self._devices, group_size=self._group_size,
                           options=self._options, wire_dtype=self.wire_dtype,
-                          exchange=self.exchange,
+                          exchange=self.exchange, per_worker=self.per_worker,
                           collective_keys=copy.deepcopy(self._collective_keys, memo),
                           canonicalize_devices=self._canonicalize_devices)
+
+    # -- one compressed exchange per worker -------------------------------------
+
+    @property
+    def num_workers(self):
+        """Workers in the group (every worker has `len(devices)` replicas)."""
+        return self._group_size // len(self._devices)
+
+    @property
+    def compressed_exchange(self):
+        """The exchange compressed gradients go through: with per-worker
+        compression, the one across workers (a device per worker); else `self`."""
+        return self._worker_exchange or self
+
+    def reduce_within_worker(self, per_replica_values):
+        """Sums each value over this worker's replicas, densely (cross-replica context).
+
+        Args:
+          per_replica_values: a list of `PerReplica` tensors or `tf.IndexedSlices`.
+        Returns:
+          A list of `Mirrored` sums, bit for bit the same on every local device.
+        """
+        return self._local_reduction.batch_reduce(
+            tf.distribute.ReduceOp.SUM, [(v, v) for v in per_replica_values])
+
+    def all_reduce_across_workers(self, reduce_op, per_replica_values, options=None):
+        """Reduces values already identical on each worker's replicas, once per worker.
+
+        The first local device's values go through the worker-level exchange
+        (a group of one device per worker); its results are copied to the
+        other local devices. Cross-replica context.
+
+        Args:
+          reduce_op: a `tf.distribute.ReduceOp`.
+          per_replica_values: a flat list of `PerReplica` values (or values
+            that are the same object on every replica).
+          options: a `tf.distribute.experimental.CommunicationOptions`, merged
+            into this exchange's.
+        Returns:
+          A list of `Mirrored` results.
+        """
+        options = self._options.merge(options) if options is not None else self._options
+        first = [v.values[0] if isinstance(v, tf.distribute.DistributedValues) else v
+                 for v in per_replica_values]
+        reduced = self.compressed_exchange._all_reduce(reduce_op, first, 0, options)
+        return worker_exchange.mirror(reduced, self._devices)
 
     # -- routes and bytes -------------------------------------------------------
 
@@ -281,6 +354,9 @@ class SparseAllGather(cross_device_ops_lib.CollectiveAllReduce):
     # -- the exchange ------------------------------------------------------------
 
     def _all_reduce(self, reduce_op, value, replica_id, options):
+        # Split by route, not by `cross_device_utils.split_by_sparsity`: a plain
+        # tf.IndexedSlices (a dense variable's embedding gradient) must take
+        # TensorFlow's own gather, and compressed gradients take three routes.
         flat = nest.flatten(value)
         compressed = [i for i, v in enumerate(flat) if isinstance(v, CompressedGradient)]
         if reduce_op != tf.distribute.ReduceOp.SUM:
@@ -288,11 +364,9 @@ class SparseAllGather(cross_device_ops_lib.CollectiveAllReduce):
         routes = {i: self.route(flat[i]) for i in compressed}
         if routes and replica_id == 0:
             self._record_routes({flat[i].variable_name: r for i, r in routes.items()})
-        results = [None] * len(flat)
         gathered = [i for i in compressed if routes[i] == "allgather"]
-        for i, result in zip(gathered, self._all_gather_compressed(
-                [flat[i] for i in gathered], replica_id, options)):
-            results[i] = result
+        gathered_results = self._all_gather_compressed([flat[i] for i in gathered], replica_id,
+                                                       options)
         # The leaders' indices first; then one all-reduce (per dtype) sums the
         # dense tensors, the dense route's densified entries and the residual
         # values at the leaders' indices together.
@@ -302,14 +376,14 @@ class SparseAllGather(cross_device_ops_lib.CollectiveAllReduce):
         with tf.device(self._devices[replica_id]):
             to_reduce = ([self._densify(flat[i]) if i in routes else flat[i] for i in dense]
                          + [tf.gather(flat[i].residual, idx) for i, idx in zip(led, leader_indices)])
-        if to_reduce:
-            reduced = self._reduce_dense(reduce_op, to_reduce, replica_id, options)
-            for i, result in zip(dense, reduced):
-                results[i] = self._reduced(flat[i], result) if i in routes else result
-            for i, idx, summed in zip(led, leader_indices, reduced[len(dense):]):
-                results[i] = ReducedGradient(tf.cast(summed, flat[i].values.dtype), idx,
-                                             flat[i].dense_shape, applied=idx, route="leader")
-        return nest.pack_sequence_as(value, results)
+        reduced = self._reduce_dense(reduce_op, to_reduce, replica_id, options) if to_reduce else []
+        dense_results = [self._reduced(flat[i], r) if i in routes else r
+                         for i, r in zip(dense, reduced)]
+        led_results = [ReducedGradient(tf.cast(summed, flat[i].values.dtype), idx,
+                                       flat[i].dense_shape, applied=idx, route="leader")
+                       for i, idx, summed in zip(led, leader_indices, reduced[len(dense):])]
+        return nest.pack_sequence_as(value, cross_device_utils.stitch_values(
+            [(gathered_results, gathered), (dense_results, dense), (led_results, led)]))
 
     def _record_routes(self, routes):
         if routes != {name: self.routes.get(name) for name in routes}:

@@ -11,16 +11,38 @@ from tensorflow.python.distribute import collective_all_reduce_strategy as mwms_
 from tensorflow.python.distribute import distribute_lib
 
 from dgc_tf.distribute import sparse_all_gather
+from dgc_tf.distribute.devices import check_count
 from dgc_tf.distribute.sparse_all_gather import SparseAllGather
 
 
 
 class _SparseExchangeExtended(mwms_lib.CollectiveAllReduceExtended):
     def __init__(self, container_strategy, cluster_resolver, communication_options,
-                 wire_dtype=None, exchange="auto", devices=None):
-        self._dgc_exchange_args = dict(wire_dtype=wire_dtype, exchange=exchange)
+                 wire_dtype=None, exchange="auto", per_worker=None, devices=None,
+                 replicas_per_worker=None):
+        self._dgc_exchange_args = dict(wire_dtype=wire_dtype, exchange=exchange,
+                                       per_worker=per_worker)
+        self._dgc_replicas_per_worker = replicas_per_worker
         super().__init__(container_strategy, cluster_resolver=cluster_resolver,
                          communication_options=communication_options, devices=devices)
+
+    def _initialize_local_devices(self, cluster_resolver, worker_device):
+        # TensorFlow's choice is every GPU, or ONE CPU device without GPUs.
+        devices, device_type = super()._initialize_local_devices(cluster_resolver, worker_device)
+        count = self._dgc_replicas_per_worker
+        if count is None:
+            return devices, device_type
+        if device_type == "CPU":  # this process's split (listing devices would add remote ones)
+            available = len(tf.config.get_logical_device_configuration(
+                tf.config.list_physical_devices("CPU")[0]) or [None])
+        else:
+            available = len(devices)
+        if count > available:
+            raise ValueError(
+                f"`replicas_per_worker={count}` but this worker has {available} {device_type} "
+                "device(s). Without GPUs, split the CPU first with "
+                "dgc_tf.distribute.configure_logical_cpus(count), before creating the strategy.")
+        return tuple(f"{worker_device}/device:{device_type}:{i}" for i in range(count)), device_type
 
     def _initialize_local(self, cluster_resolver, devices=None):
         super()._initialize_local(cluster_resolver, devices=devices)
@@ -64,25 +86,40 @@ class MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
         wire (compressed values and dense gradients) in half precision.
       exchange: "auto" (default), "leader" or "allgather": the routes a
         compressed variable may take; see `SparseAllGather`.
+      per_worker: None (default: where each worker has several replicas), True
+        or False: a worker's replicas sum their gradients densely and the
+        worker exchanges compressed entries once (see `SparseAllGather` and
+        `dgc_tf.distribute.worker_exchange`).
+      replicas_per_worker: None (TensorFlow's choice: every GPU, or one CPU
+        device) or the number of local devices each worker trains on: the
+        first that many GPUs, or logical CPUs (split the CPU first with
+        `dgc_tf.distribute.configure_logical_cpus`).
     """
 
     def __init__(self, cluster_resolver=None, communication_options=None, wire_dtype=None,
-                 exchange="auto"):
+                 exchange="auto", per_worker=None, replicas_per_worker=None):
         # Before TensorFlow's strategy waits for the other workers.
-        sparse_all_gather.check_arguments(wire_dtype, exchange)
+        sparse_all_gather.check_arguments(wire_dtype, exchange, per_worker)
+        if replicas_per_worker is not None:
+            check_count("replicas_per_worker", replicas_per_worker)
         if communication_options is None:
             communication_options = tf.distribute.experimental.CommunicationOptions()
         # TensorFlow's __init__ would build the stock extended object; build ours.
         distribute_lib.Strategy.__init__(self, _SparseExchangeExtended(
             self, cluster_resolver=cluster_resolver,
             communication_options=communication_options, wire_dtype=wire_dtype,
-            exchange=exchange))
+            exchange=exchange, per_worker=per_worker, replicas_per_worker=replicas_per_worker))
+
+    @property
+    def exchange(self):
+        """This strategy's `SparseAllGather` (its `CrossDeviceOps`)."""
+        return self.extended._cross_device_ops
 
     @property
     def exchange_routes(self):
         """`{variable name: "allgather" | "leader" | "dense"}` of the compressed
         variables, as the last traced step routed them (see `SparseAllGather`)."""
-        return dict(self.extended._cross_device_ops.routes)
+        return dict(self.exchange.compressed_exchange.routes)
 
     def reduce(self, reduce_op, value, axis):
         """`tf.distribute.Strategy.reduce`, also for what Keras 3's `fit` passes.
@@ -105,7 +142,7 @@ class MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
 
     @classmethod
     def _from_local_devices(cls, devices, communication_options=None, wire_dtype=None,
-                            exchange="auto"):
+                            exchange="auto", per_worker=None):
         """A single-worker strategy over `devices` (tests, notebooks).
 
         Its collective keys start at a fresh base, so that it can share a
@@ -117,5 +154,5 @@ class MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
             obj, cluster_resolver=None,
             communication_options=communication_options
             or tf.distribute.experimental.CommunicationOptions(),
-            wire_dtype=wire_dtype, exchange=exchange, devices=devices))
+            wire_dtype=wire_dtype, exchange=exchange, per_worker=per_worker, devices=devices))
         return obj
