@@ -305,3 +305,29 @@ def test_worker_builds_the_examples_models(model, mode, params, tmp_path):
     assert "RESULT" in replies, out.stdout[-2000:] + out.stderr[-2000:]
     assert json.loads(replies["READY"])["params"] == params
     assert len(json.loads(replies["RESULT"])["step_times"]) == 1
+
+
+def test_time_to_accuracy_is_steps_to_target_times_step_time():
+    spec = importlib.util.spec_from_file_location(
+        "time_to_accuracy", os.path.join(ROOT, "benchmarks", "time_to_accuracy.py"))
+    tta = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tta)
+    history = [{"epoch": 1, "test_accuracy": 0.80}, {"epoch": 2, "test_accuracy": 0.91},
+               {"epoch": 3, "test_accuracy": 0.90}]
+    run = {"workers": 2, "results": [
+        {"optimizer": "dense", "steps_per_epoch": 100, "test_accuracy": 0.90, "history": history},
+        {"optimizer": "dgc", "steps_per_epoch": 100, "test_accuracy": 0.85,
+         "history": [{"epoch": 1, "test_accuracy": 0.85}]}]}
+    bench = {"cases": [dict(model="convnet", workers=2, mode=m, rate="1gbit", status="ok",
+                            median_step_s=s) for m, s in (("dense", 0.2), ("dense16", 0.1),
+                                                          ("dgc", 0.05))]}
+    targets = tta.parse_targets("0.9,dgc-final", run)
+    rows = {(r["target_accuracy"], r["mode"]): r
+            for r in tta.compute(run, bench, "convnet", targets, {"dense16": "dense"})}
+    assert rows[(0.9, "dense")]["steps"] == 200  # first epoch at or above the target
+    assert rows[(0.9, "dense")]["computed_seconds"] == pytest.approx(40.0)
+    assert rows[(0.9, "dense16")]["computed_seconds"] == pytest.approx(20.0)
+    assert rows[(0.9, "dgc")]["steps"] is None  # never reached: no time
+    assert rows[(0.85, "dgc")]["computed_seconds"] == pytest.approx(5.0)
+    with pytest.raises(ValueError, match="fraction"):
+        tta.parse_targets("91.1", run)
