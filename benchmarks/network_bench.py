@@ -22,6 +22,8 @@ re-shaped between rates while the same worker processes wait):
          the traffic grows with the workers; the default exchange's stays flat)
   dense16      dense with wire_dtype=float16: gradients all-reduced in half
          precision (Horovod's fp16 compression), the 16-bit dense baseline
+  dgc16        dgc with wire_dtype=float16: the selected values (and the small
+         variables exchanged densely) in half precision, indices as before
 (`--modes` picks among them; default dgc,vgc,dense) and, once per model and worker
 count unless --no-floor, the floor:
 the same per-worker batch, forward, backward and a plain local SGD step with
@@ -44,7 +46,10 @@ shape); only time and traffic are measured.
     sudo python benchmarks/network_bench.py --models mlp8m --workers 8,4,2 \\
         --modes dense,dense16,dgc_gather,dgc --no-floor --ratio-plot /tmp/ratio.png
 
-Models: mlp (25.2M parameters), mlp8m (8.4M: 8 workers fit on 2 cores), lstm.
+Models: mlp (25.2M parameters), mlp8m (8.4M: 8 workers fit on 2 cores), lstm
+(the PTB small LSTM, 4.65M), resnet8 and convnet (examples/fashion_mnist_resnet.py's
+ResNet-8, 78k, and the demo's convnet, 225k, built by the examples' own functions;
+synthetic Fashion-MNIST-shaped images).
 
 Namespaces and worker processes are removed on exit, on Ctrl-C and on SIGTERM
 (only those carrying this run's tag).
@@ -72,13 +77,14 @@ WORKER = os.path.join(HERE, "workers", "bench_worker.py")
 SUBNET = "10.213.0"
 DEV = "dgc0"
 PORT = 23456
-MODES = ("dgc", "dgc_gather", "vgc", "dense", "dense16")
-FLOOR_MODE = {"dgc": "floor", "dgc_gather": "floor", "dense": "floor", "dense16": "floor",
-              "vgc": "floor_vgc"}
-DEFAULT_BATCH = {"mlp": 32, "mlp8m": 32, "lstm": 20}
+MODES = ("dgc", "dgc_gather", "dgc16", "vgc", "dense", "dense16")
+FLOOR_MODE = {"dgc": "floor", "dgc_gather": "floor", "dgc16": "floor", "dense": "floor",
+              "dense16": "floor", "vgc": "floor_vgc"}
+DEFAULT_BATCH = {"mlp": 32, "mlp8m": 32, "lstm": 20, "resnet8": 32, "convnet": 32}
 # Extra columns of the summary: mode -> (step-time key, wire key, label).
 EXTRA_MODES = {"dgc_gather": ("gather_s", "gather_wire", "DGC allgather"),
-               "dense16": ("dense16_s", "dense16_wire", "dense fp16")}
+               "dense16": ("dense16_s", "dense16_wire", "dense fp16"),
+               "dgc16": ("dgc16_s", "dgc16_wire", "DGC fp16")}
 
 
 # --------------------------------------------------------------------------- network
@@ -558,7 +564,8 @@ HEADER = ("model", "workers", "link", "dense step", "DGC step", "VGC step", "spe
           "VGC speedup", "floor", "DGC/floor", "VGC floor", "VGC/floor", "dense wire/step",
           "DGC wire/step", "VGC wire/step", "wire ratio", "VGC wire ratio", "VGC density",
           "allgather step", "dense fp16 step", "allgather wire/step", "dense fp16 wire/step",
-          "allgather wire ratio", "DGC speedup over fp16")
+          "allgather wire ratio", "DGC speedup over fp16", "DGC fp16 step",
+          "DGC fp16 wire/step")
 
 
 def fmt_density(d):
@@ -574,7 +581,8 @@ def format_table(report):
         steps = {"dense": fmt_time(r["dense_s"]), "dgc": fmt_time(r["dgc_s"]),
                  "vgc": fmt_time(r.get("vgc_s")),
                  "dgc_gather": fmt_time(r.get("gather_s")),
-                 "dense16": fmt_time(r.get("dense16_s"))}
+                 "dense16": fmt_time(r.get("dense16_s")),
+                 "dgc16": fmt_time(r.get("dgc16_s"))}
         for mode in ("dense", "dgc", "vgc", *EXTRA_MODES):
             c = cases.get((r["model"], r["workers"], r["rate"], mode), {})
             if c.get("status") == "failed":
@@ -591,7 +599,8 @@ def format_table(report):
                      fmt_density(r.get("vgc_density")), steps["dgc_gather"], steps["dense16"],
                      fmt_bytes(r.get("gather_wire")), fmt_bytes(r.get("dense16_wire")),
                      fmt_ratio(r.get("gather_wire_ratio")),
-                     fmt_ratio(r.get("speedup_over_dense16"))))
+                     fmt_ratio(r.get("speedup_over_dense16")), steps["dgc16"],
+                     fmt_bytes(r.get("dgc16_wire"))))
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
               for i, h in enumerate(HEADER)]
     lines = [" | ".join(h.ljust(w) for h, w in zip(HEADER, widths)),
@@ -633,6 +642,7 @@ def plot(report, path):
                                    ("dense16", "tab:orange", "dense SGD, float16 wire"),
                                    ("dgc_gather", "tab:purple", "DGC 99.9%, all-gather"),
                                    ("dgc", "tab:blue", "DGC 99.9%"),
+                                   ("dgc16", "tab:cyan", "DGC 99.9%, float16 values"),
                                    ("vgc", "tab:green", "VGC")):
             ys, failed = [], []
             for x, rate in zip(xs, rates):
@@ -733,13 +743,15 @@ def _csv(text, cast=str):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", type=_csv, default=["mlp"],
-                   help="mlp (25M), mlp8m (8.4M), lstm (default mlp)")
+                   help="mlp (25M), mlp8m (8.4M), lstm, resnet8, convnet (default mlp)")
     p.add_argument("--workers", type=lambda t: _csv(t, int), default=[2],
                    help="worker counts, e.g. 2,4 (default 2)")
     p.add_argument("--rates", type=_csv, default=["unshaped", "1gbit", "100mbit"],
                    help="tc rates or 'unshaped' (default unshaped,1gbit,100mbit)")
     p.add_argument("--batch-mlp", type=int, default=DEFAULT_BATCH["mlp"])
     p.add_argument("--batch-lstm", type=int, default=DEFAULT_BATCH["lstm"])
+    p.add_argument("--batch-image", type=int, default=DEFAULT_BATCH["convnet"],
+                   help="per-worker batch of resnet8 and convnet")
     p.add_argument("--steps", type=int, default=20, help="timed steps at most")
     p.add_argument("--min-steps", type=int, default=3, help="timed steps at least")
     p.add_argument("--max-phase-seconds", type=float, default=40.0,
@@ -749,7 +761,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=0,
                    help="intra-op threads per process (0: cpus // workers)")
     p.add_argument("--modes", type=_csv, default=["dgc", "vgc", "dense"],
-                   help="of dgc,dgc_gather,vgc,dense,dense16 (default dgc,vgc,dense)")
+                   help="of dgc,dgc_gather,dgc16,vgc,dense,dense16 (default dgc,vgc,dense)")
     p.add_argument("--compress-ratio", type=float, default=0.001)
     p.add_argument("--alpha", type=float, default=1.0, help="VGC: send where r^2 > alpha s / B")
     p.add_argument("--zeta", type=float, default=0.999, help="VGC: decay of s")
@@ -788,7 +800,8 @@ def parse_args(argv=None):
             rate_bits(r)
         except ValueError as e:
             p.error(str(e))
-    opts.batch = {"mlp": opts.batch_mlp, "mlp8m": opts.batch_mlp, "lstm": opts.batch_lstm}
+    opts.batch = {"mlp": opts.batch_mlp, "mlp8m": opts.batch_mlp, "lstm": opts.batch_lstm,
+                  "resnet8": opts.batch_image, "convnet": opts.batch_image}
     cpus = os.cpu_count() or 1
     opts.threads_for = lambda n: opts.threads or max(1, cpus // n)
     return opts

@@ -52,7 +52,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from dgc_tf.distribute import is_chief, strategy_from_environment  # noqa: E402
+from dgc_tf.distribute import (  # noqa: E402
+    MultiWorkerMirroredStrategy, is_chief, strategy_from_environment)
 from fashion_mnist_demo import convnet  # noqa: E402
 
 
@@ -87,6 +88,9 @@ def parse_args(argv=None):
     parser.add_argument("--replicas", type=int, default=2,
                         help="replicas of the single-process MirroredStrategy")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--exchange", choices=["auto", "leader", "allgather"], default="auto",
+                        help="DGC's sparse exchange across workers (the `exchange` of "
+                             "dgc_tf.distribute.MultiWorkerMirroredStrategy); multi-worker only")
     return parser.parse_args(argv)
 
 
@@ -241,6 +245,8 @@ def train(name, strategy, data, args):
             dense_bytes_per_step=stats["dense_bytes"] / steps)
         if name == "dgc":
             result.update(warmup_steps=warmup_steps)
+            if hasattr(strategy, "exchange_routes"):  # the route each variable took last
+                result.update(exchange=args.exchange, exchange_routes=strategy.exchange_routes)
         else:
             # Fraction of the compressed variables' elements sent, over replicas and steps.
             result.update(density=stats["density"], sent_elements=stats["sent_elements"],
@@ -257,7 +263,13 @@ def main(argv=None):
     import dgc_tf
     from dgc_tf.data import fashion_mnist_arrays
 
-    strategy = strategy_from_environment(args.replicas)
+    if os.environ.get("TF_CONFIG"):
+        strategy = MultiWorkerMirroredStrategy(exchange=args.exchange)
+    elif args.exchange != "auto":
+        raise SystemExit("--exchange picks the route between workers: run under dgc_tf.launch "
+                         "(TF_CONFIG), or leave it at auto")
+    else:
+        strategy = strategy_from_environment(args.replicas)
     (x, y), (x_test, y_test) = fashion_mnist_arrays(args.train_size, args.test_size)
     if args.model == "resnet":
         x, x_test = pad32(x), pad32(x_test)

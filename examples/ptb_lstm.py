@@ -71,7 +71,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-from dgc_tf.distribute import is_chief, strategy_from_environment  # noqa: E402
+from dgc_tf.distribute import (  # noqa: E402
+    MultiWorkerMirroredStrategy, is_chief, strategy_from_environment)
 
 
 def parse_args(argv=None):
@@ -105,6 +106,9 @@ def parse_args(argv=None):
     parser.add_argument("--replicas", type=int, default=2,
                         help="replicas of the single-process MirroredStrategy")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--exchange", choices=["auto", "leader", "allgather"], default="auto",
+                        help="DGC's sparse exchange across workers (the `exchange` of "
+                             "dgc_tf.distribute.MultiWorkerMirroredStrategy); multi-worker only")
     return parser.parse_args(argv)
 
 
@@ -308,6 +312,8 @@ def train(name, strategy, data, args):
             dense_bytes_per_step=stats["dense_bytes"] / steps)
         if name == "dgc":
             result.update(warmup_steps=warmup_steps)
+            if hasattr(strategy, "exchange_routes"):  # the route each variable took last
+                result.update(exchange=args.exchange, exchange_routes=strategy.exchange_routes)
         else:
             result.update(density=stats["density"], sent_elements=stats["sent_elements"],
                           skipped_steps=stats["skipped_steps"], alpha=args.alpha,
@@ -321,7 +327,13 @@ def main(argv=None):
     import dgc_tf
     from dgc_tf import ptb
 
-    strategy = strategy_from_environment(args.replicas)
+    if os.environ.get("TF_CONFIG"):
+        strategy = MultiWorkerMirroredStrategy(exchange=args.exchange)
+    elif args.exchange != "auto":
+        raise SystemExit("--exchange picks the route between workers: run under dgc_tf.launch "
+                         "(TF_CONFIG), or leave it at auto")
+    else:
+        strategy = strategy_from_environment(args.replicas)
     data = ptb.load_ptb()
     log = print if is_chief() else (lambda *a, **k: None)
     log(f"PTB LSTM: {strategy.num_replicas_in_sync} replicas, {len(data[0])} train tokens, "

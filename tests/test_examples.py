@@ -163,3 +163,15 @@ def test_fashion_mnist_resnet_runs_end_to_end(example_runs):
     assert 0 < vgc["density"] <= 1 and vgc["density"] == pytest.approx(printed["vgc"]["density"])
     assert vgc["compression_ratio"] > 0 and vgc["skipped_steps"] == 0
     assert "micro-batch" in vgc["note"] and vgc["median_step_seconds"] > 0
+
+
+@pytest.mark.parametrize("script", sorted(EXAMPLE_ARGS))
+def test_exchange_flag_needs_workers(script):
+    """`--exchange` picks the route between workers: without TF_CONFIG a non-default
+    value is refused with a message saying so, before any data is read."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "examples", script),
+                          "--exchange", "leader"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode != 0 and "--exchange" in out.stderr and "dgc_tf.launch" in out.stderr

@@ -260,3 +260,74 @@ def test_namespace_prefix_option():
     assert nb.parse_args(["--ns-prefix", "dgc12"]).ns_prefix == "dgc12"
     assert nb.parse_args(["--models", "mlp8m", "--modes", "dgc_gather,dense16"]).modes == [
         "dgc_gather", "dense16"]
+
+
+def test_dgc16_column_and_image_models():
+    report = _scaling_report()
+    report["cases"].append(dict(model="mlp8m", workers=8, mode="dgc16", rate="100mbit",
+                                rate_bits=1e8, status="ok", median_step_s=0.55,
+                                wire_bytes_per_step=0.9e6))
+    report["summary"] = nb.summarize(report)
+    row = next(r for r in report["summary"] if r["workers"] == 8)
+    assert row["dgc16_s"] == 0.55 and row["dgc16_wire"] == 0.9e6
+    lines = nb.format_table(report).splitlines()
+    header = [h.strip() for h in lines[0].split(" | ")]
+    cells = [c.strip() for c in lines[3].split(" | ")]
+    assert cells[header.index("DGC fp16 step")] == "550.0 ms"
+    assert cells[header.index("DGC fp16 wire/step")] == "900.00 kB"
+    opts = nb.parse_args(["--models", "resnet8,convnet", "--modes", "dgc16,dense16",
+                          "--batch-image", "16"])
+    assert opts.batch["resnet8"] == opts.batch["convnet"] == 16
+    with pytest.raises(SystemExit):
+        nb.parse_args(["--models", "resnet20"])
+
+
+@pytest.mark.parametrize("model,mode,params", [("resnet8", "floor", 77_754),
+                                               ("convnet", "dgc16", 225_034)])
+def test_worker_builds_the_examples_models(model, mode, params, tmp_path):
+    """One real bench worker: the examples' own builders, one step (dgc16 under dgc_tf's
+    strategy with a one-worker TF_CONFIG on loopback)."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("TF_CONFIG", None)
+    if mode != "floor":
+        import socket
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"127.0.0.1:{port}"]},
+                                       "task": {"type": "worker", "index": 0}})
+    out = subprocess.run([sys.executable, nb.WORKER, "--model", model, "--mode", mode,
+                          "--batch", "4", "--workers", "1"], input="WARM 1\nTIME 1\nEXIT\n",
+                         env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    replies = dict(line[2:].split(" ", 1) for line in out.stdout.splitlines()
+                   if line.startswith("@@"))
+    assert "RESULT" in replies, out.stdout[-2000:] + out.stderr[-2000:]
+    assert json.loads(replies["READY"])["params"] == params
+    assert len(json.loads(replies["RESULT"])["step_times"]) == 1
+
+
+def test_time_to_accuracy_is_steps_to_target_times_step_time():
+    spec = importlib.util.spec_from_file_location(
+        "time_to_accuracy", os.path.join(ROOT, "benchmarks", "time_to_accuracy.py"))
+    tta = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tta)
+    history = [{"epoch": 1, "test_accuracy": 0.80}, {"epoch": 2, "test_accuracy": 0.91},
+               {"epoch": 3, "test_accuracy": 0.90}]
+    run = {"workers": 2, "results": [
+        {"optimizer": "dense", "steps_per_epoch": 100, "test_accuracy": 0.90, "history": history},
+        {"optimizer": "dgc", "steps_per_epoch": 100, "test_accuracy": 0.85,
+         "history": [{"epoch": 1, "test_accuracy": 0.85}]}]}
+    bench = {"cases": [dict(model="convnet", workers=2, mode=m, rate="1gbit", status="ok",
+                            median_step_s=s) for m, s in (("dense", 0.2), ("dense16", 0.1),
+                                                          ("dgc", 0.05))]}
+    targets = tta.parse_targets("0.9,dgc-final", run)
+    rows = {(r["target_accuracy"], r["mode"]): r
+            for r in tta.compute(run, bench, "convnet", targets, {"dense16": "dense"})}
+    assert rows[(0.9, "dense")]["steps"] == 200  # first epoch at or above the target
+    assert rows[(0.9, "dense")]["computed_seconds"] == pytest.approx(40.0)
+    assert rows[(0.9, "dense16")]["computed_seconds"] == pytest.approx(20.0)
+    assert rows[(0.9, "dgc")]["steps"] is None  # never reached: no time
+    assert rows[(0.85, "dgc")]["computed_seconds"] == pytest.approx(5.0)
+    with pytest.raises(ValueError, match="fraction"):
+        tta.parse_targets("91.1", run)

@@ -17,6 +17,8 @@ Modes:
   dgc        dgc_tf.distribute.MultiWorkerMirroredStrategy + dgc_tf.keras3.DGCSGD
              (the strategy's default exchange, "auto")
   dgc_gather the same with exchange="allgather" (every replica's own top-k gathered)
+  dgc16      dgc with wire_dtype=float16: the sparse values (and the small variables
+             exchanged densely) travel in half precision, indices unchanged
   dense16    dgc_tf's strategy with wire_dtype=float16 + keras.optimizers.SGD: dense
              gradients all-reduced in half precision (Horovod's fp16 compression)
   vgc        the same strategy + dgc_tf.vgc.VGCSGD (alpha, zeta), gradients and the
@@ -49,11 +51,18 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "examples")
+IMAGE_SHAPES = {"resnet8": (32, 32, 1), "convnet": (28, 28, 1)}
+DGC_MODES = ("dgc", "dgc_gather", "dgc16")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser()
-    p.add_argument("--model", choices=("mlp", "mlp8m", "lstm"), required=True)
-    p.add_argument("--mode", choices=("dgc", "dgc_gather", "vgc", "dense", "dense16", "floor",
-                                      "floor_vgc"),
+    p.add_argument("--model", choices=("mlp", "mlp8m", "lstm", "resnet8", "convnet"),
+                   required=True)
+    p.add_argument("--mode", choices=("dgc", "dgc_gather", "dgc16", "vgc", "dense", "dense16",
+                                      "floor", "floor_vgc"),
                    required=True)
     p.add_argument("--batch", type=int, required=True, help="per-worker batch")
     p.add_argument("--workers", type=int, required=True)
@@ -137,7 +146,7 @@ def main(argv=None):
             import dgc_tf.distribute
             strategy = dgc_tf.distribute.MultiWorkerMirroredStrategy(
                 exchange="allgather" if args.mode == "dgc_gather" else "auto",
-                wire_dtype=tf.float16 if args.mode == "dense16" else None)
+                wire_dtype=tf.float16 if args.mode in ("dense16", "dgc16") else None)
 
     import keras
 
@@ -154,6 +163,13 @@ def main(argv=None):
                 keras.layers.Dense(width, activation="relu"),
                 keras.layers.Dense(1024, activation="relu"),
                 keras.layers.Dense(10)])
+        elif args.model in IMAGE_SHAPES:
+            # The Fashion-MNIST examples' own builders: ResNet-8 on 32x32 (78k
+            # parameters, batch norm) and the demo's convnet on 28x28 (225k).
+            sys.path.insert(0, EXAMPLES)
+            from fashion_mnist_demo import convnet
+            from fashion_mnist_resnet import resnet
+            model = resnet(keras, blocks=1) if args.model == "resnet8" else convnet(keras)
         else:
             # PTB "small" LM (Zaremba et al.): vocab 10000, embedding 200, 2x200 LSTM.
             model = keras.Sequential([
@@ -162,7 +178,7 @@ def main(argv=None):
                 keras.layers.LSTM(200, return_sequences=True),
                 keras.layers.LSTM(200, return_sequences=True),
                 keras.layers.Dense(10000)])
-        if args.mode in ("dgc", "dgc_gather"):
+        if args.mode in DGC_MODES:
             import dgc_tf.keras3
             optimizer = dgc_tf.keras3.DGCSGD(learning_rate=0.01, momentum=0.9,
                                              compress_ratio=args.compress_ratio,
@@ -181,7 +197,8 @@ def main(argv=None):
         """A fresh synthetic batch per step and worker."""
         seed = tf.stack([tf.constant(args.seed * 1000 + index, tf.int64), step])
         if args.model != "lstm":
-            x = tf.random.stateless_normal((b, 1024), seed=seed)
+            x = tf.random.stateless_normal((b, *IMAGE_SHAPES.get(args.model, (1024,))),
+                                           seed=seed)
             y = tf.random.stateless_uniform((b,), seed=seed + 1, maxval=10, dtype=tf.int32)
         else:
             x = tf.random.stateless_uniform((b, seq), seed=seed, maxval=10000, dtype=tf.int32)
@@ -246,7 +263,7 @@ def main(argv=None):
             tx1 = read_tx(args.dev)
             result = {"step_times": times,
                       "tx_bytes": None if tx0 is None else tx1 - tx0}
-            if args.mode in ("dgc", "dgc_gather"):
+            if args.mode in DGC_MODES:
                 stats = optimizer.compression_stats()
                 result["dgc_last_bytes_sent"] = float(stats["last_bytes_sent"])
                 result["dgc_compression_ratio"] = float(stats["compression_ratio"])
