@@ -59,7 +59,7 @@ class VGCRun:
         return [np.array(v.numpy()) for v in self.variables]
 
     def slot(self, j):
-        return self.optimizer._vgc_slots.at(j)
+        return self.optimizer._compressor_slots.at(j)
 
 
 def random_inputs(rng, shapes, scale=1.0):
