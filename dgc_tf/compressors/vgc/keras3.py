@@ -5,8 +5,8 @@ import tensorflow as tf
 
 from dgc_tf.compressors.base.keras3 import CompressorOptimizer, tf_variable
 from dgc_tf.compressors.base.step import densify
-from dgc_tf.compressors.vgc.config import VGCConfig, check_num_groups
-from dgc_tf.compressors.vgc.estimator import micro_batch_moments
+from dgc_tf.compressors.vgc import fit
+from dgc_tf.compressors.vgc.config import VGCConfig
 from dgc_tf.compressors.vgc.optimizer import VGCSGD_DOC, VGCMixin
 
 
@@ -57,13 +57,7 @@ def micro_batch_train_step(model, data, num_groups):
     from keras.src.losses import loss as loss_module
     from keras.src.trainers.data_adapters import data_adapter_utils
 
-    if not isinstance(model.optimizer, VGCSGD):
-        # A LossScaleOptimizer (mixed precision) would drop the squared-gradient
-        # estimates, and would need them unscaled by the square of the loss scale.
-        raise ValueError(
-            f"VGC's micro-batch step feeds a VGCSGD, but the model's optimizer is "
-            f"{type(model.optimizer).__name__}. VGCSGD does not support mixed precision "
-            f"(LossScaleOptimizer) yet: compile with the float32 dtype policy.")
+    fit.check_optimizer(model, VGCSGD)
     x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
     trainable = model.trainable_weights
     group_grads, sizes, logs = [], [], None
@@ -84,46 +78,20 @@ def micro_batch_train_step(model, data, num_groups):
                             for g, v in zip(grads, trainable)])
         sizes.append(n)
         logs = model.compute_metrics(px, py, y_pred, sample_weight=psw)
-    grads, sq, batch = micro_batch_moments(group_grads, sizes)
-    pairs = [(g, v, q) for g, v, q in zip(grads, trainable, sq) if g is not None]
-    model.optimizer.apply_gradients([(g, v) for g, v, _ in pairs],
-                                    grad_sq_means=[q for _, _, q in pairs], batch_size=batch)
+    fit.apply_micro_batches(model.optimizer, trainable, group_grads, sizes)
     return logs
 
 
 def use_micro_batch_step(model, num_groups=4):
     """Makes `model.fit` train `model` with VGC's micro-batch estimator (returns it)."""
-    check_num_groups(num_groups)
-    model.train_step = lambda data: micro_batch_train_step(model, data, num_groups)
-    if getattr(model, "train_function", None) is not None:
-        model.train_function = None  # rebuilt around the new step by the next fit
-    return model
+    return fit.use_step(model, num_groups, micro_batch_train_step)
 
 
 @keras.saving.register_keras_serializable(package="dgc_tf")
-class VGCModel(keras.Model):
+class VGCModel(fit.MicroBatchModel, keras.Model):
     """A `keras.Model` (functional or subclassed) whose `fit` feeds `VGCSGD`.
 
     `VGCModel(inputs, outputs, num_groups=4)`; see `micro_batch_train_step`.
     """
 
-    def __init__(self, *args, num_groups=4, **kwargs):
-        check_num_groups(num_groups)
-        super().__init__(*args, **kwargs)
-        self.num_groups = num_groups
-
-    def train_step(self, data):
-        return micro_batch_train_step(self, data, self.num_groups)
-
-    def get_config(self):
-        config = super().get_config()
-        config["num_groups"] = self.num_groups
-        return config
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        num_groups = config.pop("num_groups", 4)
-        model = super().from_config(config, custom_objects=custom_objects)
-        model.num_groups = check_num_groups(num_groups)
-        return model
+    micro_batch_step = staticmethod(micro_batch_train_step)

@@ -5,8 +5,8 @@ import tf_keras
 
 from dgc_tf.compressors.base.step import densify
 from dgc_tf.compressors.base.tf_keras import CompressorOptimizer
-from dgc_tf.compressors.vgc.config import VGCConfig, check_num_groups
-from dgc_tf.compressors.vgc.estimator import micro_batch_moments
+from dgc_tf.compressors.vgc import fit
+from dgc_tf.compressors.vgc.config import VGCConfig
 from dgc_tf.compressors.vgc.optimizer import VGCSGD_DOC, VGCMixin
 
 
@@ -53,13 +53,7 @@ def micro_batch_train_step(model, data, num_groups):
     gradients give the minibatch gradient exactly and the estimate of
     `mean_b(g^2)` (see `micro_batch_moments`).
     """
-    if not isinstance(model.optimizer, VGCSGD):
-        # A LossScaleOptimizer (mixed precision) would drop the squared-gradient
-        # estimates, and would need them unscaled by the square of the loss scale.
-        raise ValueError(
-            f"VGC's micro-batch step feeds a VGCSGD, but the model's optimizer is "
-            f"{type(model.optimizer).__name__}. VGCSGD does not support mixed precision "
-            f"(LossScaleOptimizer) yet: compile with the float32 dtype policy.")
+    fit.check_optimizer(model, VGCSGD)
     x, y, sample_weight = tf_keras.utils.unpack_x_y_sample_weight(data)
     trainable = model.trainable_variables
     group_grads, sizes, logs = [], [], None
@@ -77,46 +71,29 @@ def micro_batch_train_step(model, data, num_groups):
                             for g, v in zip(grads, trainable)])
         sizes.append(n)
         logs = model.compute_metrics(px, py, y_pred, psw)
-    grads, sq, batch = micro_batch_moments(group_grads, sizes)
-    pairs = [(g, v, q) for g, v, q in zip(grads, trainable, sq) if g is not None]
-    model.optimizer.apply_gradients([(g, v) for g, v, _ in pairs],
-                                    grad_sq_means=[q for _, _, q in pairs], batch_size=batch)
+    fit.apply_micro_batches(model.optimizer, trainable, group_grads, sizes)
     return logs
 
 
 def use_micro_batch_step(model, num_groups=4):
     """Makes `model.fit` train `model` with VGC's micro-batch estimator (returns it)."""
-    check_num_groups(num_groups)
-    model.train_step = lambda data: micro_batch_train_step(model, data, num_groups)
-    if getattr(model, "train_function", None) is not None:
-        model.train_function = None  # rebuilt around the new step by the next fit
-    return model
+    return fit.use_step(model, num_groups, micro_batch_train_step)
 
 
 @tf_keras.saving.register_keras_serializable(package="dgc_tf")
-class VGCModel(tf_keras.Model):
+class VGCModel(fit.MicroBatchModel, tf_keras.Model):
     """A `tf_keras.Model` (functional or subclassed) whose `fit` feeds `VGCSGD`.
 
     `VGCModel(inputs, outputs, num_groups=4)`; see `micro_batch_train_step`.
     """
 
-    def __init__(self, *args, num_groups=4, **kwargs):
-        check_num_groups(num_groups)
-        super().__init__(*args, **kwargs)
-        self.num_groups = num_groups
+    micro_batch_step = staticmethod(micro_batch_train_step)
 
-    def train_step(self, data):
-        return micro_batch_train_step(self, data, self.num_groups)
-
-    def get_config(self):
-        config = super().get_config()
-        config["num_groups"] = self.num_groups
-        return config
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        num_groups = config.pop("num_groups", 4)
-        model = super().from_config(config, custom_objects=custom_objects)
-        model.num_groups = check_num_groups(num_groups)
-        return model
+    def __init__(self, inputs=None, outputs=None, name=None, trainable=True, *, num_groups=4,
+                 **kwargs):
+        # tf_keras saves a functional model's layer graph only when the
+        # constructor's arguments are exactly `Functional`'s (`num_groups` is
+        # keyword-only, outside them).
+        if inputs is not None or outputs is not None:
+            kwargs.update(inputs=inputs, outputs=outputs)
+        super().__init__(name=name, trainable=trainable, num_groups=num_groups, **kwargs)
