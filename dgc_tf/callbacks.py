@@ -3,8 +3,8 @@
 Adds, after every batch and epoch, what the optimizer's `compression_stats()`
 reports: `dgc_density` (its `current_density()`; DGCSGD: the fraction of each
 compressed variable the next step sends, warm-up included; VGCSGD: the
-fraction of compressed elements sent so far), `dgc_bytes_sent` (bytes this replica handed to the collectives
-in the last step), `dgc_compression_ratio` (dense bytes / bytes sent, all
+fraction of compressed elements sent so far), `dgc_bytes_sent` (bytes this
+replica handed to the collectives in the last step), `dgc_compression_ratio` (dense bytes / bytes sent, all
 variables, since the start) and `dgc_skipped_steps` (steps skipped because some
 replica's gradients were not finite; the first one also raises a warning with
 the count), so they show in the progress bar and in `History`. For TensorBoard: list `CompressionStats` before the `TensorBoard`

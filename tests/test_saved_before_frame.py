@@ -2,9 +2,10 @@
 
 The files in tests/data were written by `tests/data/make_saved_models.py` with
 the code of commit 62da8e5 (DGCSGD and VGCSGD for Keras 3 as `.keras`, DGCSGD
-for tf_keras as `.keras` and as a TensorFlow checkpoint of `save_weights`). Each loads in a fresh process
-where only `import dgc_tf` has run, with its weights, optimizer state (every
-variable, in order) and config intact, and trains on.
+for tf_keras as `.keras` and as a TensorFlow checkpoint of `save_weights`).
+Each loads in a fresh process where only `import dgc_tf` has run, with its
+weights, optimizer state (every variable, in order; the checkpoint by
+attribute name) and config intact, and trains on.
 """
 
 import os

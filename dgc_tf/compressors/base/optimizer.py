@@ -44,8 +44,9 @@ class CompressorMixin:
 
     def _make_counters(self, make_counter):
         """The frame's `StepCounters`, each made by `make_counter(name, dtype)`."""
+        dtypes = frame.StepCounters.DTYPES
         self._counters = frame.StepCounters(
-            **{name: make_counter(name, dtype) for name, dtype in frame.StepCounters.DTYPES.items()})
+            **{name: make_counter(name, dtype) for name, dtype in dtypes.items()})
 
     def _slots_of(self, variable_indices):
         return [self._compressor_slots.at(i) for i in variable_indices]

@@ -1,12 +1,14 @@
 """What VGC's `model.fit` integration shares across the Keras flavours.
 
-Each flavour's `micro_batch_train_step` runs the micro-batches through its own
-Keras internals (losses, metrics); everything around it is here: the
-optimizer check, the step's last phase (`apply_micro_batches`), swapping the
-step into a model (`use_step`) and `MicroBatchModel`, the mixin of both
-flavours' `VGCModel`.
+Each flavour's `micro_batch_train_step` computes one micro-batch's loss,
+gradients and metrics through its own Keras internals; everything around that
+is here: the step itself (`micro_batch_step`), swapping it into a model
+(`use_step`) and `MicroBatchModel`, the mixin of both flavours' `VGCModel`.
 """
 
+import tensorflow as tf
+
+from dgc_tf.compressors.base.step import densify
 from dgc_tf.compressors.vgc.config import check_num_groups
 from dgc_tf.compressors.vgc.estimator import micro_batch_moments
 
@@ -22,20 +24,40 @@ def check_optimizer(model, vgc_class):
             f"(LossScaleOptimizer) yet: compile with the float32 dtype policy.")
 
 
-def apply_micro_batches(optimizer, variables, group_grads, sizes):
-    """The step's last phase: the moments of the micro-batch gradients, applied.
+def micro_batch_step(model, x, y, sample_weight, num_groups, group_step):
+    """One `train_step` with VGC's micro-batch estimator, for either Keras flavour.
+
+    As Keras's own `train_step`, except that the local batch is split into
+    `num_groups` strided micro-batches (examples `j, j+m, ...`), one
+    forward/backward each; their mean gradients give the minibatch gradient
+    exactly and the estimate of `mean_b(g^2)` (`micro_batch_moments`), which
+    the model's `VGCSGD` gets with them.
 
     Args:
-      optimizer: the model's `VGCSGD`.
-      variables: the trainable variables.
-      group_grads: per micro-batch, its dense mean gradients (None where a
-        variable got no gradient).
-      sizes: the micro-batches' example counts.
+      model: the model; its optimizer is checked by the caller (`check_optimizer`).
+      x, y, sample_weight: the local batch, unpacked.
+      num_groups: m >= 2.
+      group_step: `(x, y, sample_weight, n, variables) -> (grads, logs)` for
+        one micro-batch of `n` examples: the flavour's loss (scaled for the
+        replicas, the loss metric updated), gradients and metrics.
+    Returns:
+      The metrics' logs after the last micro-batch.
     """
+    variables = model.trainable_variables
+    group_grads, sizes, logs = [], [], None
+    for j in range(num_groups):
+        px, py, psw = tf.nest.map_structure(
+            lambda t: None if t is None else t[j::num_groups], (x, y, sample_weight))
+        n = tf.shape(next(t for t in tf.nest.flatten(px) if t is not None))[0]
+        grads, logs = group_step(px, py, psw, n, variables)
+        group_grads.append([None if g is None else densify(g, v)
+                            for g, v in zip(grads, variables)])
+        sizes.append(n)
     grads, sq, batch = micro_batch_moments(group_grads, sizes)
     pairs = [(g, v, q) for g, v, q in zip(grads, variables, sq) if g is not None]
-    optimizer.apply_gradients([(g, v) for g, v, _ in pairs],
-                              grad_sq_means=[q for _, _, q in pairs], batch_size=batch)
+    model.optimizer.apply_gradients([(g, v) for g, v, _ in pairs],
+                                    grad_sq_means=[q for _, _, q in pairs], batch_size=batch)
+    return logs
 
 
 def use_step(model, num_groups, micro_batch_train_step):

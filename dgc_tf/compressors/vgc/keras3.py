@@ -4,7 +4,6 @@ import keras
 import tensorflow as tf
 
 from dgc_tf.compressors.base.keras3 import CompressorOptimizer, tf_variable
-from dgc_tf.compressors.base.step import densify
 from dgc_tf.compressors.vgc import fit
 from dgc_tf.compressors.vgc.config import VGCConfig
 from dgc_tf.compressors.vgc.optimizer import VGCSGD_DOC, VGCMixin
@@ -48,38 +47,27 @@ class VGCSGD(VGCMixin, CompressorOptimizer):
 def micro_batch_train_step(model, data, num_groups):
     """Keras 3 (TF backend) `train_step` with VGC's micro-batch estimator.
 
-    As Keras's own `train_step`, except that the local batch is split into
-    `num_groups` strided micro-batches, one forward/backward each; their mean
-    gradients give the minibatch gradient exactly and the estimate of
-    `mean_b(g^2)` (see `micro_batch_moments`).
+    See `fit.micro_batch_step`; this is one micro-batch the way Keras 3's own
+    `train_step` computes a batch.
     """
-    from keras.src import tree
     from keras.src.losses import loss as loss_module
     from keras.src.trainers.data_adapters import data_adapter_utils
 
     fit.check_optimizer(model, VGCSGD)
-    x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
-    trainable = model.trainable_weights
-    group_grads, sizes, logs = [], [], None
-    for j in range(num_groups):
-        part = tree.map_structure(lambda t: None if t is None else t[j::num_groups],
-                                  (x, y, sample_weight))
-        px, py, psw = part
-        n = tf.shape(next(i for i in tree.flatten(px) if i is not None))[0]
+
+    def group_step(x, y, sample_weight, n, variables):
         with tf.GradientTape() as tape:
-            y_pred = model(px, training=True) if model._call_has_training_arg else model(px)
-            loss = model._compute_loss(x=px, y=py, y_pred=y_pred, sample_weight=psw,
+            y_pred = model(x, training=True) if model._call_has_training_arg else model(x)
+            loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
                                        training=True)
             model._loss_tracker.update_state(
                 loss_module.unscale_loss_for_distribution(loss), sample_weight=n)
             loss = model.optimizer.scale_loss(loss)
-        grads = tape.gradient(loss, trainable)
-        group_grads.append([None if g is None else densify(g, tf_variable(v))
-                            for g, v in zip(grads, trainable)])
-        sizes.append(n)
-        logs = model.compute_metrics(px, py, y_pred, sample_weight=psw)
-    fit.apply_micro_batches(model.optimizer, trainable, group_grads, sizes)
-    return logs
+        grads = tape.gradient(loss, variables)
+        return grads, model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
+    return fit.micro_batch_step(model, x, y, sample_weight, num_groups, group_step)
 
 
 def use_micro_batch_step(model, num_groups=4):

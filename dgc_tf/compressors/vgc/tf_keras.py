@@ -3,7 +3,6 @@
 import tensorflow as tf
 import tf_keras
 
-from dgc_tf.compressors.base.step import densify
 from dgc_tf.compressors.base.tf_keras import CompressorOptimizer
 from dgc_tf.compressors.vgc import fit
 from dgc_tf.compressors.vgc.config import VGCConfig
@@ -48,31 +47,22 @@ class VGCSGD(VGCMixin, CompressorOptimizer):
 def micro_batch_train_step(model, data, num_groups):
     """tf_keras `train_step` with VGC's micro-batch estimator.
 
-    As tf_keras's own `train_step`, except that the local batch is split into
-    `num_groups` strided micro-batches, one forward/backward each; their mean
-    gradients give the minibatch gradient exactly and the estimate of
-    `mean_b(g^2)` (see `micro_batch_moments`).
+    See `fit.micro_batch_step`; this is one micro-batch the way tf_keras's own
+    `train_step` computes a batch.
     """
     fit.check_optimizer(model, VGCSGD)
-    x, y, sample_weight = tf_keras.utils.unpack_x_y_sample_weight(data)
-    trainable = model.trainable_variables
-    group_grads, sizes, logs = [], [], None
-    for j in range(num_groups):
-        px, py, psw = tf.nest.map_structure(
-            lambda t: None if t is None else t[j::num_groups], (x, y, sample_weight))
-        n = tf.shape(tf.nest.flatten(px)[0])[0]
+
+    def group_step(x, y, sample_weight, n, variables):
         with tf.GradientTape() as tape:
-            y_pred = model(px, training=True)
+            y_pred = model(x, training=True)
             # Scaled for the replicas, and the loss metric updated, as in `train_step`.
-            loss = model.compute_loss(px, py, y_pred, psw)
-        model._validate_target_and_loss(py, loss)
-        grads = tape.gradient(loss, trainable)
-        group_grads.append([None if g is None else densify(g, v)
-                            for g, v in zip(grads, trainable)])
-        sizes.append(n)
-        logs = model.compute_metrics(px, py, y_pred, psw)
-    fit.apply_micro_batches(model.optimizer, trainable, group_grads, sizes)
-    return logs
+            loss = model.compute_loss(x, y, y_pred, sample_weight)
+        model._validate_target_and_loss(y, loss)
+        grads = tape.gradient(loss, variables)
+        return grads, model.compute_metrics(x, y, y_pred, sample_weight)
+
+    x, y, sample_weight = tf_keras.utils.unpack_x_y_sample_weight(data)
+    return fit.micro_batch_step(model, x, y, sample_weight, num_groups, group_step)
 
 
 def use_micro_batch_step(model, num_groups=4):
