@@ -5,7 +5,15 @@ tf_keras one when `TF_USE_LEGACY_KERAS=1`, so that
 `model.compile(optimizer=dgc_tf.DGCSGD())` works with whichever Keras
 `tf.keras` is. `dgc_tf.keras3.DGCSGD` and `dgc_tf.tf_keras.DGCSGD` name a
 flavour explicitly. `dgc_tf.VGCSGD` (variance-based gradient compression,
-`dgc_tf.vgc`) is the Keras 3 one.
+`dgc_tf.vgc`) follows `tf.keras` the same way.
+
+The layout: `dgc_tf.compressors` holds one package per method (`dgc`, `vgc`)
+on a neutral frame (`compressors.base`, whose docstring is the contract a
+method fulfils); `dgc_tf.distribute` is the exchange; `dgc_tf.ops` the
+compiled selection ops; `dgc_tf.datasets` the example data readers.
+`dgc_tf.keras3`, `dgc_tf.tf_keras`, `dgc_tf.vgc`, `dgc_tf.compression`,
+`dgc_tf.config`, `dgc_tf.data` and `dgc_tf.ptb` are the first names of
+modules that moved, kept so that code importing them still works.
 
 Importing dgc_tf registers every public optimizer class with the Keras
 serialization registry of each flavour that is installed, so that
@@ -34,16 +42,12 @@ def __getattr__(name):
     if name == "DGCSGD":
         return importlib.import_module(f"dgc_tf.{keras_flavour()}").DGCSGD
     if name == "VGCSGD":
-        # Variance-based gradient compression (dgc_tf.vgc); Keras 3 only for now.
-        if keras_flavour() != "keras3":
-            raise AttributeError(
-                "dgc_tf.VGCSGD is implemented for Keras 3 only; unset TF_USE_LEGACY_KERAS.")
-        return importlib.import_module("dgc_tf.vgc").VGCSGD
+        return importlib.import_module(f"dgc_tf.compressors.vgc.{keras_flavour()}").VGCSGD
     if name == "DGCConfig":
-        from dgc_tf.config import DGCConfig
+        from dgc_tf.compressors.dgc.config import DGCConfig
         return DGCConfig
     if name in ("ops", "keras3", "tf_keras", "compression", "distribute", "callbacks", "data",
-                "vgc"):
+                "vgc", "compressors", "datasets"):
         return importlib.import_module(f"dgc_tf.{name}")
     raise AttributeError(f"module 'dgc_tf' has no attribute {name!r}")
 
@@ -52,7 +56,10 @@ def __getattr__(name):
 # `register_keras_serializable` decorators), keyed by the Keras package each
 # needs. Importing them creates no TensorFlow context, so a strategy made
 # afterwards can still configure collectives.
-_SERIALIZABLE_MODULES = {"keras": ("dgc_tf.keras3", "dgc_tf.vgc.keras3"), "tf_keras": ("dgc_tf.tf_keras",)}
+_SERIALIZABLE_MODULES = {
+    "keras": ("dgc_tf.compressors.dgc.keras3", "dgc_tf.compressors.vgc.keras3"),
+    "tf_keras": ("dgc_tf.compressors.dgc.tf_keras", "dgc_tf.compressors.vgc.tf_keras"),
+}
 
 
 def _is_the_launcher():

@@ -1,10 +1,10 @@
 """`CompressionStats`: DGC's exchange statistics in the `fit` logs.
 
 Adds, after every batch and epoch, what the optimizer's `compression_stats()`
-reports: `dgc_density` (DGCSGD: the fraction of each compressed variable the
-next step sends, warm-up included; VGCSGD: the fraction of compressed elements
-sent so far), `dgc_bytes_sent` (bytes this replica handed to the collectives
-in the last step), `dgc_compression_ratio` (dense bytes / bytes sent, all
+reports: `dgc_density` (its `current_density()`; DGCSGD: the fraction of each
+compressed variable the next step sends, warm-up included; VGCSGD: the
+fraction of compressed elements sent so far), `dgc_bytes_sent` (bytes this
+replica handed to the collectives in the last step), `dgc_compression_ratio` (dense bytes / bytes sent, all
 variables, since the start) and `dgc_skipped_steps` (steps skipped because some
 replica's gradients were not finite; the first one also raises a warning with
 the count), so they show in the progress bar and in `History`. For TensorBoard: list `CompressionStats` before the `TensorBoard`
@@ -48,9 +48,12 @@ class _CompressionStatsMixin:
         optimizer = self.model.optimizer
         if not callable(getattr(optimizer, "compression_stats", None)):
             raise ValueError(
-                "CompressionStats needs a model compiled with a dgc_tf optimizer (DGCSGD or "
-                f"VGCSGD); got optimizer {type(optimizer).__name__}.")
-        stats = optimizer.compression_stats()  # each optimizer says what it sent
+                "CompressionStats needs a model compiled with a dgc_tf compressor (DGCSGD, "
+                f"VGCSGD, ...: any `dgc_tf.compressors` optimizer); got optimizer "
+                f"{type(optimizer).__name__}.")
+        # Each optimizer says what it sent and what its density is (the frame's
+        # `compression_stats`); nothing here knows a method's rules.
+        stats = optimizer.compression_stats()
         skipped = stats["skipped_steps"]
         if skipped and not self._warned_skipped:
             self._warned_skipped = True

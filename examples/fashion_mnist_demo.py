@@ -96,7 +96,7 @@ def main():
     args = parse_args()
     import keras
 
-    from dgc_tf.data import fashion_mnist_arrays
+    from dgc_tf.datasets.fashion_mnist import fashion_mnist_arrays
 
     strategy = dgc_tf.distribute.strategy_from_environment(args.replicas)
     data = fashion_mnist_arrays(train_size=args.train_size)

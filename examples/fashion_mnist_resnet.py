@@ -142,7 +142,7 @@ def train(name, strategy, data, args):
         model = resnet(keras, args.blocks) if args.model == "resnet" else convnet(keras)
         # A float, set before every batch by `StepDecay`: DGCSGD with a LearningRateSchedule
         # fails under a strategy (the schedule's per-replica value reaches
-        # engine.apply_updates in cross-replica context).
+        # the frame's apply_updates in cross-replica context).
         lr = args.learning_rate
         if name == "dense":
             optimizer = keras.optimizers.SGD(lr, momentum=args.momentum,
@@ -261,7 +261,7 @@ def main(argv=None):
     args = parse_args(argv)
 
     import dgc_tf
-    from dgc_tf.data import fashion_mnist_arrays
+    from dgc_tf.datasets.fashion_mnist import fashion_mnist_arrays
 
     if os.environ.get("TF_CONFIG"):
         strategy = MultiWorkerMirroredStrategy(exchange=args.exchange)

@@ -140,10 +140,10 @@ def train(name, strategy, data, args):
 
     import dgc_tf.keras3
     import dgc_tf.vgc
-    from dgc_tf import engine
+    from dgc_tf.compressors.base import densify
 
     train_ids, valid_ids, test_ids, vocab = data
-    from dgc_tf import ptb
+    from dgc_tf.datasets import ptb
 
     n = strategy.num_replicas_in_sync
     if args.batch_size % n:
@@ -171,7 +171,7 @@ def train(name, strategy, data, args):
         model = build_model(keras, len(vocab), args)
         # A float, assigned at the start of every epoch: DGCSGD with a LearningRateSchedule
         # fails under a strategy (the schedule's per-replica value reaches
-        # engine.apply_updates in cross-replica context).
+        # the frame's apply_updates in cross-replica context).
         lr = learning_rate_at(0, args)
         if name == "dense":
             optimizer = keras.optimizers.SGD(lr)
@@ -203,7 +203,7 @@ def train(name, strategy, data, args):
                 # (summed over steps, divided by the global batch): sum / (B_global n_j / rows).
                 loss = summed / (args.batch_size * tf.cast(n_j, summed.dtype) / rows)
             grads = tape.gradient(loss, variables)
-            group_grads.append([engine.densify(g, v) for g, v in zip(grads, variables)])
+            group_grads.append([densify(g, v) for g, v in zip(grads, variables)])
             sizes.append(n_j)
             group_states.append(new_states)
             loss_sum += summed
@@ -325,7 +325,7 @@ def train(name, strategy, data, args):
 def main(argv=None):
     args = parse_args(argv)
     import dgc_tf
-    from dgc_tf import ptb
+    from dgc_tf.datasets import ptb
 
     if os.environ.get("TF_CONFIG"):
         strategy = MultiWorkerMirroredStrategy(exchange=args.exchange)

@@ -193,7 +193,7 @@ def test_embedding_gradient_stays_sparse_through_dgcsgd(path, monkeypatch):
         monkeypatch.setattr(_custom_op, "load", lambda: None)
     elif _custom_op.load_compress_step() is None:
         pytest.skip("the compiled op library is not built")
-    from dgc_tf import engine
+    from dgc_tf.compressors.dgc import replica
 
     seen = []  # what reaches the compress step: the IndexedSlices, not a dense table
 
@@ -201,7 +201,7 @@ def test_embedding_gradient_stays_sparse_through_dgcsgd(path, monkeypatch):
         seen.append(type(grad).__name__)
         return compress_step(residual, momentum, grad, *args, **kwargs)
 
-    monkeypatch.setattr(engine, "compress_step", spy)
+    monkeypatch.setattr(replica, "compress_step", spy)
     rng = np.random.default_rng(9)
     table = rng.normal(size=(500, 8)).astype(np.float32)
     grads = [tf.IndexedSlices(tf.constant(rng.normal(size=(6, 8)).astype(np.float32)),
@@ -222,7 +222,7 @@ def test_embedding_gradient_stays_sparse_through_dgcsgd(path, monkeypatch):
 
         for grad in grads:
             step(grad)
-        results.append((var.numpy(), opt._dgc_slots.at(0).residual.numpy()))
+        results.append((var.numpy(), opt._compressor_slots.at(0).residual.numpy()))
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
     sparse_traces, dense_traces = seen[:seen.index("dense run")], seen[seen.index("dense run"):]

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from dgc_tf import ptb
+from dgc_tf.datasets import ptb
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

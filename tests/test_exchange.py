@@ -124,7 +124,7 @@ def test_leader_route_matches_reference_step_by_step(case):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5,
                                        err_msg=f"{case}: weights {j}, step {step}")
         for j in (0, 1):
-            slot = run.optimizer._dgc_slots.at(j)
+            slot = run.optimizer._compressor_slots.at(j)
             for replica, got in enumerate(harness.local_values(slot.residual)):
                 np.testing.assert_allclose(got, reference.v[replica][j], rtol=1e-5, atol=1e-5,
                                            err_msg=f"{case}: residual {j}/{replica}, {step}")
@@ -156,12 +156,12 @@ def test_nothing_is_lost_and_replicas_stay_identical(exchange):
             assert all(np.array_equal(copies[0], c) for c in copies[1:])
     for j in (0, 1):
         applied = (weights[j].astype(np.float64) - run.weights()[j]) / lr
-        pending = sum(harness.local_values(run.optimizer._dgc_slots.at(j).residual))
+        pending = sum(harness.local_values(run.optimizer._compressor_slots.at(j).residual))
         np.testing.assert_allclose(pending + applied, total[j], rtol=1e-4, atol=1e-4)
         if exchange == "leader":
             # Each replica kept entries of its own that the leader did not pick.
             assert all(np.count_nonzero(v) > 0.5 * v.size
-                       for v in harness.local_values(run.optimizer._dgc_slots.at(j).residual))
+                       for v in harness.local_values(run.optimizer._compressor_slots.at(j).residual))
 
 
 FOUR_REPLICAS = textwrap.dedent("""
@@ -189,7 +189,7 @@ FOUR_REPLICAS = textwrap.dedent("""
         for got, want in zip(run.weights(), expected):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
         for j in (0, 1):
-            residuals = harness.local_values(run.optimizer._dgc_slots.at(j).residual)
+            residuals = harness.local_values(run.optimizer._compressor_slots.at(j).residual)
             for replica in range(4):
                 np.testing.assert_allclose(residuals[replica], reference.v[replica][j],
                                            rtol=1e-5, atol=1e-5)

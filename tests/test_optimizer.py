@@ -21,7 +21,7 @@ def test_full_density_without_masking_equals_keras_sgd(flavour, nesterov):
         grads = [[rng.normal(size=s).astype(np.float32) for s in shapes] for _ in range(2)]
         dgc.apply(grads)
         sgd.apply(grads)
-    assert dgc.optimizer._dgc_slots.at(0).compressed  # the test must exercise compression
+    assert dgc.optimizer._compressor_slots.at(0).compressed  # the test must exercise compression
     for got, want in zip(dgc.weights(), sgd.weights()):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
@@ -50,7 +50,7 @@ def test_nothing_is_lost_with_zero_momentum(rows, cols, steps, compress_ratio, n
         run.apply(grads)
         total_grad += grads[0][0].astype(np.float64) + grads[1][0]
     sent = weights[0].astype(np.float64) - run.weights()[0]
-    residual = run.optimizer._dgc_slots.at(0).residual.numpy()
+    residual = run.optimizer._compressor_slots.at(0).residual.numpy()
     np.testing.assert_allclose(sent + residual, total_grad, rtol=1e-4, atol=1e-4)
 
 
@@ -66,7 +66,7 @@ def test_nonfinite_gradient_skips_the_step_everywhere(flavour):
         return [[rng.normal(size=s).astype(np.float32) for s in shapes] for _ in range(2)]
 
     run.apply(grads())
-    slots = run.optimizer._dgc_slots
+    slots = run.optimizer._compressor_slots
     before = (run.weights(), harness.local_values(slots.at(0).residual),
               harness.local_values(slots.at(0).momentum),
               harness.local_values(slots.at(1).momentum))
@@ -117,7 +117,7 @@ def test_per_replica_residuals_differ_while_weights_stay_identical(flavour):
                       [rng.normal(size=shapes[0]).astype(np.float32)])
     for _ in range(3):
         run.apply([[rng.normal(size=shapes[0]).astype(np.float32)] for _ in range(2)])
-    residuals = harness.local_values(run.optimizer._dgc_slots.at(0).residual)
+    residuals = harness.local_values(run.optimizer._compressor_slots.at(0).residual)
     assert not np.allclose(residuals[0], residuals[1])
     copies = harness.local_values(run.variables[0] if flavour == "tf_keras"
                                   else run.variables[0].value)

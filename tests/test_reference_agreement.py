@@ -65,7 +65,7 @@ def test_matches_reference_step_by_step(flavour, case, path):
         for j, (got, want) in enumerate(zip(run.weights(), expected)):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5,
                                        err_msg=f"{case}: weights of variable {j}, step {step}")
-        slots = run.optimizer._dgc_slots
+        slots = run.optimizer._compressor_slots
         for j in range(len(SHAPES)):
             slot = slots.at(j)
             if not slot.compressed:

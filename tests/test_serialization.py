@@ -93,8 +93,8 @@ def test_model_save_and_load_keeps_optimizer_state(flavour, tmp_path, data):
     loaded = keras.models.load_model(path)
     assert type(loaded.optimizer) is type(model.optimizer)
     assert loaded.optimizer.dgc_config == model.optimizer.dgc_config
-    residual = model.optimizer._dgc_slots.at(0).residual
-    loaded_residual = loaded.optimizer._dgc_slots.at(0).residual
+    residual = model.optimizer._compressor_slots.at(0).residual
+    loaded_residual = loaded.optimizer._compressor_slots.at(0).residual
     assert np.abs(residual.numpy()).sum() > 0
     np.testing.assert_array_equal(residual.numpy(), loaded_residual.numpy())
 
@@ -113,7 +113,7 @@ def test_embedding_gradients_arrive_as_indexed_slices(flavour):
     assert isinstance(grads[0], tf.IndexedSlices)
     before = np.array(model.trainable_variables[0].numpy())
     optimizer.apply_gradients(zip(grads, model.trainable_variables))
-    residual = optimizer._dgc_slots.at(0).residual.numpy()
+    residual = optimizer._compressor_slots.at(0).residual.numpy()
     sent = before - model.trainable_variables[0].numpy()
     dense_grad = tf.convert_to_tensor(grads[0]).numpy()
     # momentum correction on the first step: u = g, v = g; lr * sent + residual = g

@@ -20,20 +20,20 @@ def sparse_strategy():
     return tf.distribute.MirroredStrategy(DEVICES, cross_device_ops=SparseAllGather(DEVICES))
 
 
-def vgc_class():
-    from dgc_tf.vgc import VGCSGD
-    return VGCSGD
+def vgc_class(flavour="keras3"):
+    import importlib
+    return importlib.import_module(f"dgc_tf.compressors.vgc.{flavour}").VGCSGD
 
 
 class VGCRun:
     """Variables and a VGCSGD under a 2-replica MirroredStrategy, fed chosen values."""
 
-    def __init__(self, kwargs, weights, strategy=None):
+    def __init__(self, kwargs, weights, strategy=None, flavour="keras3"):
         self.strategy = strategy or harness.mirrored_strategy()
         with self.strategy.scope():
-            self.variables = [harness.make_variable("keras3", np.array(w, np.float32), f"w{i}")
+            self.variables = [harness.make_variable(flavour, np.array(w, np.float32), f"w{i}")
                               for i, w in enumerate(weights)]
-            self.optimizer = vgc_class()(**kwargs)
+            self.optimizer = vgc_class(flavour)(**kwargs)
             self.optimizer.build(self.variables)
 
         @tf.function
@@ -59,7 +59,7 @@ class VGCRun:
         return [np.array(v.numpy()) for v in self.variables]
 
     def slot(self, j):
-        return self.optimizer._vgc_slots.at(j)
+        return self.optimizer._compressor_slots.at(j)
 
 
 def random_inputs(rng, shapes, scale=1.0):
@@ -84,11 +84,11 @@ CASES = {
 }
 
 
-def check_against_reference(case, strategy=None, steps=STEPS):
+def check_against_reference(case, strategy=None, steps=STEPS, flavour="keras3"):
     kwargs = dict(CASES[case], learning_rate=0.1)
     rng = np.random.default_rng(sum(map(ord, case)))
     weights = [rng.normal(size=s).astype(np.float32) for s in SHAPES]
-    run = VGCRun(kwargs, weights, strategy)
+    run = VGCRun(kwargs, weights, strategy, flavour)
     reference = VGCReference(SHAPES, harness.NUM_REPLICAS, dtype=np.float32, **kwargs)
     expected = [w.copy() for w in weights]
     batch_sizes = [4, 6]
@@ -118,8 +118,9 @@ def check_against_reference(case, strategy=None, steps=STEPS):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_matches_reference_step_by_step(case):
-    check_against_reference(case)
+@pytest.mark.parametrize("flavour", harness.FLAVOURS)
+def test_matches_reference_step_by_step(case, flavour):
+    check_against_reference(case, flavour=flavour)
 
 
 @pytest.mark.parametrize("case", ["momentum", "strict"])

@@ -128,6 +128,22 @@ def exchange_of(strategy=None):
     return getattr(ops, "compressed_exchange", ops)
 
 
+def exchange_for(ctx):
+    """The exchange a replica context's `all_reduce` goes through.
+
+    Args:
+      ctx: a `tf.distribute.ReplicaContext`, or the `WorkerReplicaContext`
+        that `compress_per_worker` returned.
+    Returns:
+      For a `WorkerReplicaContext` the worker-level exchange (routes and bytes
+      of one replica per worker); otherwise the strategy's `CrossDeviceOps`,
+      or None where it has none.
+    """
+    if isinstance(ctx, WorkerReplicaContext):
+        return ctx.exchange
+    return _cross_device_ops(ctx.strategy)
+
+
 def _cross_device_ops(strategy):
     # tf.distribute has no public accessor for a strategy's CrossDeviceOps.
     return getattr(strategy.extended, "_cross_device_ops", None)
@@ -192,6 +208,11 @@ class WorkerReplicaContext:
             lambda _, *v: self._exchange.all_reduce_across_workers(reduce_op, v, options),
             args=tuple(flat))
         return nest.pack_sequence_as(value, list(reduced))
+
+    @property
+    def exchange(self):
+        """The worker-level exchange (a group of one device per worker)."""
+        return self._exchange.compressed_exchange
 
     def __getattr__(self, name):
         return getattr(self._ctx, name)

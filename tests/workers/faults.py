@@ -43,7 +43,7 @@ with strategy.scope():
 
 
 def residual_total():
-    slot = model.optimizer._dgc_slots.at(0)
+    slot = model.optimizer._compressor_slots.at(0)
     return float(np.abs(slot.residual.numpy()).sum())  # cross-replica read: sum over workers
 
 

@@ -1,4 +1,6 @@
-"""The `DGCSGD` docstring, shared by the Keras 3 and tf_keras classes."""
+"""What the Keras 3 and tf_keras `DGCSGD` classes share: the docstring and `DGCMixin`."""
+
+from dgc_tf.compressors.dgc import compression
 
 DGCSGD_DOC = r"""SGD with Deep Gradient Compression (Lin et al., ICLR 2018).
 
@@ -55,3 +57,18 @@ Example:
     model.compile(optimizer=dgc_tf.DGCSGD(learning_rate=0.1, momentum=0.9),
                   loss="sparse_categorical_crossentropy", jit_compile=False)
 """
+
+
+class DGCMixin:
+    """What DGCSGD adds to the frame in both Keras flavours."""
+
+    @property
+    def dgc_config(self):
+        """The validated `DGCConfig`."""
+        return self.compressor_config
+
+    def current_density(self):
+        """The density the next step will send (warm-up included), as a float."""
+        config = self.compressor_config
+        return float(compression.density_at(
+            int(self.iterations.numpy()), config.compress_ratio, config.warmup_steps).numpy())

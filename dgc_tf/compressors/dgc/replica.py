@@ -1,0 +1,167 @@
+"""DGC's replica step: what one replica does with its gradients, on its own state.
+
+`compress_and_exchange` runs in replica context: it skips non-finite steps
+(the frame's skip protocol), clips locally, applies momentum correction into
+the replica's residual, selects the top-k entries and hands every compressed
+gradient (as a `CompressedGradient`) and the dense gradients to the frame's
+one `exchange`. What was applied is zeroed in the residual (momentum masking
+too). Where the exchange applies the replica's own selection (any strategy
+but dgc_tf's leader route), one fused compress step does all of that in place
+before the exchange; on the leader route (`SparseAllGather`) the exchange
+applies a leader's indices, so selection leaves the state unmasked and the
+entries the exchange says it applied are zeroed after it.
+
+The cross-replica half is the frame's `apply_updates`: a scatter for the
+compressed variables, Keras SGD for the rest.
+"""
+
+import dataclasses
+from typing import Optional
+
+import tensorflow as tf
+
+from dgc_tf.compressors.base import step as frame
+from dgc_tf.compressors.dgc import compression
+from dgc_tf.distribute import worker_exchange
+from dgc_tf.distribute.payload import CompressedGradient
+from dgc_tf.ops.compress_step import compress_step
+from dgc_tf.ops.topk import index_dtype_for
+
+_NO_XLA = ("DGCSGD cannot run inside an XLA-compiled function: its top-k selection op "
+           "(DGC>SampledTopK) has no XLA kernel")
+
+
+@dataclasses.dataclass
+class DGCSlots:
+    """The optimizer state of one trainable variable.
+
+    For a compressed variable `momentum` (u) and `residual` (v) are
+    replica-local (`ON_READ`) variables; `momentum` is None when the momentum
+    factor is 0 (then u == g and need not be stored). For a dense variable
+    `momentum` is Keras SGD's mirrored momentum (None when momentum is 0) and
+    `residual` is None.
+    """
+
+    compressed: bool
+    momentum: Optional[tf.Variable]
+    residual: Optional[tf.Variable]
+
+    @property
+    def sgd_momentum(self):
+        """The mirrored buffer the frame's dense SGD uses (compressed: none, u is local)."""
+        return None if self.compressed else self.momentum
+
+
+def compress_and_exchange(config, grads, variables, slots, step):
+    """The replica-local half of a DGC step. See the module docstring.
+
+    Args:
+      config: a `DGCConfig`.
+      grads: this replica's gradients (dense or IndexedSlices), scaled so that
+        their sum over replicas is the global-batch gradient.
+      variables: the matching variables.
+      slots: the matching `DGCSlots`.
+      step: the optimizer's iteration count before this step (warm-up).
+    Returns:
+      `frame.Exchanged`.
+    """
+    frame.check_not_xla(_NO_XLA)
+    ctx = frame.replica_context("DGCSGD")
+    grads = [frame.prepare_gradient(g, v, keep_sparse=slot.compressed)
+             for g, v, slot in zip(grads, variables, slots)]
+    # A worker with several replicas sums their gradients first and compresses once.
+    ctx, grads = worker_exchange.compress_per_worker(ctx, grads)
+    ok, flag = frame.all_replicas_finite(ctx, grads)
+    grads = compression.local_clip(grads, config.local_clipnorm, ctx.num_replicas_in_sync)
+
+    # What this replica hands to one all_reduce: a CompressedGradient per
+    # compressed variable and the dense gradients. On a skipped step it still
+    # takes part (collectives need everyone) with k zeros, which apply_updates
+    # never applies.
+    route_for = getattr(frame.current_exchange(ctx), "route_for", None)  # dgc_tf's exchange only
+    handed, masks_after = [], []
+    for grad, var, slot in zip(grads, variables, slots):
+        if not slot.compressed:
+            handed.append(grad)
+            masks_after.append(False)
+            continue
+        size = var.shape.num_elements()
+        k = compression.selected_count(size, step, config.compress_ratio, config.warmup_steps)
+        max_count = max(compression.stage_counts(size, config.compress_ratio,
+                                                  config.warmup_steps))
+        # Routes that apply this replica's own selection let the fused step
+        # mask it in place; a leader's route applies other entries, so its
+        # selection leaves the state unmasked and the exchange says below
+        # what to zero.
+        own_selection = route_for is None or route_for(
+            size, max_count, var.dtype, index_dtype_for(size)) != "leader"
+        if own_selection:
+            select = lambda grad=grad, slot=slot, k=k: (  # noqa: E731
+                *_compress_step(config, slot, grad, k), tf.reshape(slot.residual, [-1]))
+        else:
+            select = lambda grad=grad, var=var, slot=slot, k=k: _accumulate_and_select(  # noqa: E731
+                config, slot, frame.densify(grad, var), k)
+        values, indices, residual = tf.cond(
+            ok, select,
+            lambda grad=grad, slot=slot, k=k: (
+                tf.zeros([k], grad.dtype), tf.zeros([k], index_dtype_for(size)),
+                tf.reshape(slot.residual.read_value(), [-1])))
+        values, indices = tf.identity(values), tf.identity(indices)  # placed: see prepare_gradient
+        # The exchange may apply other entries than these (a leader's): it gets
+        # the residual to read them from, and says below what it applied.
+        handed.append(CompressedGradient(
+            values, indices, tf.constant([size], indices.dtype), residual=residual,
+            replica_rank=ctx.replica_id_in_sync_group, step=step,
+            max_count=max_count, variable_name=var.name))
+        masks_after.append(not own_selection)
+
+    updates, bytes_sent, dense_bytes = frame.exchange(ctx, handed, variables, [flag])
+    for sent, update, slot, mask in zip(handed, updates, slots, masks_after):
+        if mask:
+            # Zero what was applied, and only that: the rest stays pending.
+            applied = getattr(update, "applied", sent.indices)
+            tf.cond(ok, lambda slot=slot, applied=applied: _mask_applied(config, slot, applied),
+                    lambda: tf.constant(False))
+    return frame.Exchanged(updates, ok, bytes_sent, dense_bytes)
+
+
+def _compress_step(config, slot, grad, k):
+    """Momentum correction, selection and masking of what was selected, in place.
+
+    For routes that apply this replica's own selection. Returns the selected
+    `(values, flat indices)`; the state variables are updated by one fused
+    step (`dgc_tf.ops.compress_step`; a dense or `IndexedSlices` gradient).
+    """
+    return compress_step(
+        slot.residual, slot.momentum, grad, k, momentum_factor=config.momentum,
+        nesterov=config.nesterov, momentum_masking=config.momentum_masking,
+        sample_ratio=config.sample_ratio)
+
+
+def _accumulate_and_select(config, slot, grad, k):
+    """Momentum correction into the replica's state, and selection.
+
+    Returns the selected `(values, flat indices)` and the flat residual they
+    were selected from; the state variables are updated in place
+    (replica-local assignments). Masking waits for the exchange
+    (`_mask_applied`), which says what was applied.
+    """
+    u = tf.zeros_like(grad) if slot.momentum is None else slot.momentum.read_value()
+    u, v = compression.momentum_correction(
+        u, slot.residual.read_value(), grad, config.momentum, config.nesterov)
+    values, indices = compression.select(v, k, config.sample_ratio)
+    if slot.momentum is not None:
+        slot.momentum.assign(u)
+    slot.residual.assign(v)
+    return tf.identity(values), tf.identity(indices), tf.reshape(v, [-1])
+
+
+def _mask_applied(config, slot, applied):
+    """Zeroes the applied entries of the residual (and, with masking, the momentum)."""
+    v = slot.residual.read_value()
+    u = tf.zeros_like(v) if slot.momentum is None else slot.momentum.read_value()
+    u, v = compression.mask_sent(u, v, applied, config.momentum_masking)
+    if slot.momentum is not None and config.momentum_masking:
+        slot.momentum.assign(u)
+    slot.residual.assign(v)
+    return tf.constant(True)
