@@ -29,7 +29,11 @@ divided by 10 at 50% and 75% of the run, decoupled weight decay
   update their moving statistics once per micro-batch, so VGC's model does
   not train exactly the function the dense and DGC runs train.
 
-`--optimizer both` runs dense and DGC, `all` dense, DGC and VGC.
+`--optimizer both` runs dense and DGC, `all` dense, DGC and VGC. `adam` is
+`keras.optimizers.Adam(lr)` dense, `adam-ef` the same Adam inside
+`dgc_tf.TopKErrorFeedback(compress_ratio, warmup_steps=<--warmup-epochs>)`
+(error-feedback top-k, no momentum correction), `adam-both` runs the two; give
+them an Adam learning rate (`--learning-rate 0.001`).
 
 Two real local workers:
 
@@ -60,7 +64,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--max-steps-per-epoch", type=int, default=None)
-    parser.add_argument("--optimizer", choices=["dense", "dgc", "vgc", "both", "all"],
+    parser.add_argument("--optimizer", choices=["dense", "dgc", "vgc", "both", "all",
+                                                    "adam", "adam-ef", "adam-both"],
                         default="both", help="both: dense and dgc; all: dense, dgc and vgc")
     parser.add_argument("--json", help="write the results here (chief only)")
     parser.add_argument("--train-size", type=int, default=None, help="first N training images")
@@ -143,6 +148,12 @@ def train(name, strategy, data, args):
         if name == "dense":
             optimizer = keras.optimizers.SGD(lr, momentum=args.momentum,
                                              weight_decay=args.weight_decay or None)
+        elif name in ("adam", "adam-ef"):
+            optimizer = keras.optimizers.Adam(lr, weight_decay=args.weight_decay or None)
+            if name == "adam-ef":
+                optimizer = dgc_tf.TopKErrorFeedback(
+                    optimizer, compress_ratio=args.compress_ratio, warmup_steps=warmup_steps,
+                    local_clipnorm=args.local_clipnorm)
         elif name == "vgc":
             optimizer = dgc_tf.vgc.VGCSGD(
                 learning_rate=lr, momentum=args.momentum, alpha=args.alpha, zeta=args.zeta,
@@ -232,14 +243,14 @@ def train(name, strategy, data, args):
                                       else None),
               "steps": steps, "steps_per_epoch": steps_per_epoch,
               "parameters": int(model.count_params()), "history": history}
-    if name in ("dgc", "vgc"):
+    if name in ("dgc", "vgc", "adam-ef"):
         stats = optimizer.compression_stats()
         result.update(
             compression_ratio=stats["compression_ratio"],
             compression_ratio_last_step=stats["dense_bytes"] / steps / stats["last_bytes_sent"],
             bytes_sent_per_step=stats["bytes_sent"] / steps,
             dense_bytes_per_step=stats["dense_bytes"] / steps)
-        if name == "dgc":
+        if name in ("dgc", "adam-ef"):
             result.update(warmup_steps=warmup_steps)
         else:
             # Fraction of the compressed variables' elements sent, over replicas and steps.
@@ -270,7 +281,8 @@ def main(argv=None):
         f"{args.batch_size}, selection op: "
         f"{'compiled' if dgc_tf.ops.using_custom_op() else 'pure-TF fallback'}", flush=True)
 
-    names = {"both": ["dense", "dgc"], "all": ["dense", "dgc", "vgc"]}.get(
+    names = {"both": ["dense", "dgc"], "all": ["dense", "dgc", "vgc"],
+             "adam-both": ["adam", "adam-ef"]}.get(
         args.optimizer, [args.optimizer])
     results = [train(name, strategy, data, args) for name in names]
     if not is_chief():
