@@ -34,6 +34,12 @@ class ErrorFeedbackConfig(DGCConfig):
                     f"owns its momentum (got {name}={getattr(self, name)!r}). Set it on the "
                     "inner optimizer, e.g. `keras.optimizers.SGD(momentum=0.9)`.")
 
+    @staticmethod
+    def inner_owned(kwargs):
+        """Pops from `kwargs` the arguments the inner optimizer owns, so that passing
+        them to the config refuses them with the message above."""
+        return {name: kwargs.pop(name) for name in _INNER_OWNS if name in kwargs}
+
     def as_dict(self):
         """The constructor's arguments (without the fields fixed at their DGC-free values)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in _INNER_OWNS}

@@ -30,7 +30,8 @@ class TopKErrorFeedback(ErrorFeedbackMixin, CompressorOptimizer):
         # Validate before Keras sees anything, so bad input fails early and clearly.
         config = ErrorFeedbackConfig(
             compress_ratio=compress_ratio, sample_ratio=sample_ratio, warmup_steps=warmup_steps,
-            local_clipnorm=local_clipnorm, min_compress_size=min_compress_size)
+            local_clipnorm=local_clipnorm, min_compress_size=min_compress_size,
+            **ErrorFeedbackConfig.inner_owned(kwargs))
         check_arguments(kwargs)
         inner = check_inner(keras.optimizers.get(inner_optimizer), keras.optimizers.Optimizer)
         # The wrapper's own learning rate is unused: `learning_rate` is the inner one's.
