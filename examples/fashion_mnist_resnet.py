@@ -33,7 +33,8 @@ divided by 10 at 50% and 75% of the run, decoupled weight decay
 `keras.optimizers.Adam(lr)` dense, `adam-ef` the same Adam inside
 `dgc_tf.TopKErrorFeedback(compress_ratio, warmup_steps=<--warmup-epochs>)`
 (error-feedback top-k, no momentum correction), `adam-both` runs the two; give
-them an Adam learning rate (`--learning-rate 0.001`).
+them an Adam learning rate (`--learning-rate 0.001`). `sgd-ef` is the dense run's
+SGD inside `TopKErrorFeedback`: DGC without momentum correction.
 
 Two real local workers:
 
@@ -65,7 +66,7 @@ def parse_args(argv=None):
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--max-steps-per-epoch", type=int, default=None)
     parser.add_argument("--optimizer", choices=["dense", "dgc", "vgc", "both", "all",
-                                                    "adam", "adam-ef", "adam-both"],
+                                                    "adam", "adam-ef", "adam-both", "sgd-ef"],
                         default="both", help="both: dense and dgc; all: dense, dgc and vgc")
     parser.add_argument("--json", help="write the results here (chief only)")
     parser.add_argument("--train-size", type=int, default=None, help="first N training images")
@@ -145,15 +146,11 @@ def train(name, strategy, data, args):
         # fails under a strategy (the schedule's per-replica value reaches
         # the frame's apply_updates in cross-replica context).
         lr = args.learning_rate
-        if name == "dense":
+        if name in ("dense", "sgd-ef"):
             optimizer = keras.optimizers.SGD(lr, momentum=args.momentum,
                                              weight_decay=args.weight_decay or None)
         elif name in ("adam", "adam-ef"):
             optimizer = keras.optimizers.Adam(lr, weight_decay=args.weight_decay or None)
-            if name == "adam-ef":
-                optimizer = dgc_tf.TopKErrorFeedback(
-                    optimizer, compress_ratio=args.compress_ratio, warmup_steps=warmup_steps,
-                    local_clipnorm=args.local_clipnorm)
         elif name == "vgc":
             optimizer = dgc_tf.vgc.VGCSGD(
                 learning_rate=lr, momentum=args.momentum, alpha=args.alpha, zeta=args.zeta,
@@ -162,6 +159,10 @@ def train(name, strategy, data, args):
             optimizer = dgc_tf.keras3.DGCSGD(
                 learning_rate=lr, momentum=args.momentum, compress_ratio=args.compress_ratio,
                 warmup_steps=warmup_steps, weight_decay=args.weight_decay or None,
+                local_clipnorm=args.local_clipnorm)
+        if name.endswith("-ef"):
+            optimizer = dgc_tf.TopKErrorFeedback(
+                optimizer, compress_ratio=args.compress_ratio, warmup_steps=warmup_steps,
                 local_clipnorm=args.local_clipnorm)
         model.compile(optimizer=optimizer, jit_compile=False, metrics=["accuracy"],
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -243,14 +244,14 @@ def train(name, strategy, data, args):
                                       else None),
               "steps": steps, "steps_per_epoch": steps_per_epoch,
               "parameters": int(model.count_params()), "history": history}
-    if name in ("dgc", "vgc", "adam-ef"):
+    if name in ("dgc", "vgc", "adam-ef", "sgd-ef"):
         stats = optimizer.compression_stats()
         result.update(
             compression_ratio=stats["compression_ratio"],
             compression_ratio_last_step=stats["dense_bytes"] / steps / stats["last_bytes_sent"],
             bytes_sent_per_step=stats["bytes_sent"] / steps,
             dense_bytes_per_step=stats["dense_bytes"] / steps)
-        if name in ("dgc", "adam-ef"):
+        if name in ("dgc", "adam-ef", "sgd-ef"):
             result.update(warmup_steps=warmup_steps)
         else:
             # Fraction of the compressed variables' elements sent, over replicas and steps.
