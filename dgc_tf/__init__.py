@@ -6,7 +6,7 @@ tf_keras one when `TF_USE_LEGACY_KERAS=1`, so that
 `tf.keras` is. `dgc_tf.keras3.DGCSGD` and `dgc_tf.tf_keras.DGCSGD` name a
 flavour explicitly. `dgc_tf.VGCSGD` (variance-based gradient compression,
 `dgc_tf.vgc`) follows `tf.keras` the same way. `dgc_tf.TopKErrorFeedback(inner)`
-(error-feedback top-k, `dgc_tf.compressors.error_feedback`) wraps any Keras 3
+(error-feedback top-k, `dgc_tf.compressors.error_feedback`) wraps any Keras
 optimizer (Adam, AdamW, SGD, ...) the way `LossScaleOptimizer` does.
 
 The layout: `dgc_tf.compressors` holds one package per method (`dgc`, `vgc`, `error_feedback`)
@@ -64,7 +64,8 @@ def __getattr__(name):
 _SERIALIZABLE_MODULES = {
     "keras": ("dgc_tf.compressors.dgc.keras3", "dgc_tf.compressors.vgc.keras3",
               "dgc_tf.compressors.error_feedback.keras3"),
-    "tf_keras": ("dgc_tf.compressors.dgc.tf_keras", "dgc_tf.compressors.vgc.tf_keras"),
+    "tf_keras": ("dgc_tf.compressors.dgc.tf_keras", "dgc_tf.compressors.vgc.tf_keras",
+                 "dgc_tf.compressors.error_feedback.tf_keras"),
 }
 
 

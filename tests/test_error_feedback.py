@@ -1,12 +1,13 @@
-"""TopKErrorFeedback (error-feedback top-k around any Keras optimizer), Keras 3.
+"""TopKErrorFeedback (error-feedback top-k around any Keras optimizer).
 
 Step by step on 2 replicas against the NumPy reference
-(tests/error_feedback_reference.py), conservation (nothing unsent is lost),
+(tests/error_feedback_reference.py, both Keras flavours), conservation (nothing unsent is lost),
 equality with the inner optimizer at compress_ratio=1, the skip protocol,
 argument checks, and saving: get_config round trip and a compiled model
 saved here and loaded in a new process.
 """
 
+import importlib
 import json
 import os
 import subprocess
@@ -28,12 +29,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES = [(40, 50), (8, 200), (50,), (10, 10)]
 STEPS = 5
 
+# name: (the inner optimizer from a Keras package, the reference's)
 INNER = {
-    "sgd": (lambda: keras.optimizers.SGD(0.1), lambda: KerasSGD(0.1)),
-    "sgd_momentum": (lambda: keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True),
+    "sgd": (lambda k: k.optimizers.SGD(0.1), lambda: KerasSGD(0.1)),
+    "sgd_momentum": (lambda k: k.optimizers.SGD(0.1, momentum=0.9, nesterov=True),
                      lambda: KerasSGD(0.1, momentum=0.9, nesterov=True)),
-    "adam": (lambda: keras.optimizers.Adam(0.01), lambda: KerasAdam(0.01)),
-    "adamw": (lambda: keras.optimizers.AdamW(0.01, weight_decay=0.05),
+    "adam": (lambda k: k.optimizers.Adam(0.01), lambda: KerasAdam(0.01)),
+    "adamw": (lambda k: k.optimizers.AdamW(0.01, weight_decay=0.05),
               lambda: KerasAdam(0.01, weight_decay=0.05)),
 }
 CASES = {
@@ -44,11 +46,15 @@ CASES = {
 }
 
 
-def random_run(seed, inner, kwargs, strategy=None):
+def random_run(seed, inner, kwargs, strategy=None, flavour="keras3"):
+    """`inner(keras_package)` wrapped in the flavour's TopKErrorFeedback, on 2 replicas."""
     rng = np.random.default_rng(seed)
     weights = [rng.normal(size=s).astype(np.float32) for s in SHAPES]
-    run = harness.Run("keras3", lambda **kw: TopKErrorFeedback(inner(), **kw), kwargs, weights,
-                      strategy=strategy)
+    module = importlib.import_module(f"dgc_tf.compressors.error_feedback.{flavour}")
+    keras_package = harness.keras_module(flavour)
+    run = harness.Run(
+        flavour, lambda **kw: module.TopKErrorFeedback(inner(keras_package), **kw), kwargs,
+        weights, strategy=strategy)
     return rng, weights, run
 
 
@@ -62,11 +68,12 @@ def residuals(run, j):
     return harness.local_values(run.optimizer._compressor_slots.at(j).residual)
 
 
+@pytest.mark.parametrize("flavour", harness.FLAVOURS)
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_matches_reference_step_by_step(case):
+def test_matches_reference_step_by_step(case, flavour):
     inner_name, kwargs = CASES[case]
     make_inner, make_reference_inner = INNER[inner_name]
-    rng, weights, run = random_run(sum(map(ord, case)), make_inner, kwargs)
+    rng, weights, run = random_run(sum(map(ord, case)), make_inner, kwargs, flavour=flavour)
     reference = ErrorFeedbackReference(SHAPES, harness.NUM_REPLICAS, make_reference_inner(),
                                        dtype=np.float32, **kwargs)
     expected = [w.copy() for w in weights]
@@ -108,7 +115,7 @@ def test_matches_reference_through_sparse_all_gather():
 def test_nothing_is_lost():
     """Plain SGD at lr 1 inside: what was applied plus what every replica still holds
     equals the sum of all gradients, element by element."""
-    rng, weights, run = random_run(11, lambda: keras.optimizers.SGD(1.0),
+    rng, weights, run = random_run(11, lambda k: k.optimizers.SGD(1.0),
                                    dict(compress_ratio=0.005))
     total = [np.zeros(s, np.float64) for s in SHAPES]
     for _ in range(6):
@@ -126,7 +133,7 @@ def test_nothing_is_lost():
 
 
 def test_compress_ratio_one_is_the_inner_optimizer():
-    rng, weights, run = random_run(5, lambda: keras.optimizers.Adam(0.01),
+    rng, weights, run = random_run(5, lambda k: k.optimizers.Adam(0.01),
                                    dict(compress_ratio=1.0))
     dense = harness.Run("keras3", lambda: keras.optimizers.Adam(0.01), {}, weights)
     for _ in range(4):
@@ -140,7 +147,7 @@ def test_compress_ratio_one_is_the_inner_optimizer():
 
 
 def test_non_finite_gradient_skips_the_step_everywhere():
-    rng, weights, run = random_run(7, lambda: keras.optimizers.Adam(0.01),
+    rng, weights, run = random_run(7, lambda k: k.optimizers.Adam(0.01),
                                    dict(compress_ratio=0.01))
     run.apply(random_grads(rng))
     before = run.weights(), [residuals(run, j) for j in (0, 1)], \
@@ -253,3 +260,17 @@ def test_compiled_model_saved_loads_in_a_new_process(tmp_path):
     assert np.abs(residual).sum() > 0  # the residual is part of what was saved
     for a, b in zip(loaded["variables"], saved):
         np.testing.assert_allclose(np.asarray(a, np.float64), b, rtol=1e-6)
+
+
+def test_tf_keras_get_config_round_trip():
+    import tf_keras
+
+    from dgc_tf.compressors.error_feedback.tf_keras import TopKErrorFeedback as TfKerasEF
+
+    optimizer = TfKerasEF(tf_keras.optimizers.Adam(0.003, beta_2=0.99), compress_ratio=0.01,
+                          warmup_steps=4)
+    config = optimizer.get_config()
+    clone = TfKerasEF.from_config(json.loads(json.dumps(config)))
+    assert clone.get_config() == config
+    assert isinstance(clone.inner_optimizer, tf_keras.optimizers.Adam)
+    assert tf_keras.optimizers.get(tf_keras.optimizers.serialize(optimizer)).get_config() == config

@@ -13,7 +13,7 @@ baseline of DGC (Lin et al., ICLR 2018).
 - `config`: `ErrorFeedbackConfig`, DGC's config with the momentum factor at 0;
 - `optimizer`: the docstring, argument checks and `ErrorFeedbackMixin`, the
   cross-replica apply through the inner optimizer's `update_step`;
-- `keras3`: `TopKErrorFeedback`.
+- `keras3`, `tf_keras`: `TopKErrorFeedback` for each Keras flavour.
 
 The replica step is DGC's (`dgc_tf.compressors.dgc.replica`): with the
 momentum factor at 0, DGC's momentum correction `v = v + (m*u + g)` is the

@@ -60,6 +60,9 @@ class TopKErrorFeedback(ErrorFeedbackMixin, CompressorOptimizer):
         # replica's gradients, before they are exchanged (here: accumulated).
         return self.inner_optimizer._clip_gradients(grads)
 
+    def _inner_update(self, grad, variable, learning_rate):
+        self.inner_optimizer.update_step(grad, variable, learning_rate)
+
     def _inner_iterations(self):
         return tf_variable(self.inner_optimizer.iterations)
 

@@ -160,13 +160,12 @@ class ErrorFeedbackMixin:
             return inner.weight_decay
         return None
 
-    def _apply_exchanged(self, distribution, variables, slots, exchanged, learning_rate):
-        """Cross-replica: the inner optimizer applies the exchanged sum, then counts.
+    def _apply_updates(self, distribution, variables, slots, exchanged, learning_rate):
+        """Cross-replica: the inner optimizer applies the exchanged sum (the frame counts).
 
-        Replaces the frame's SGD apply. On a skipped step nothing is applied,
-        the inner optimizer's `iterations` stay, and the frame counts the skip.
+        On a skipped step nothing is applied and the inner optimizer's
+        `iterations` stay (Adam's bias correction counts applied steps).
         """
-        inner = self.inner_optimizer
         for var, update in zip(variables, exchanged.updates):
             decay = self._weight_decay_for(var)
 
@@ -175,7 +174,7 @@ class ErrorFeedbackMixin:
                     lr = tf.cast(learning_rate, var.dtype)
                     if decay:  # decoupled, before the update, as Keras does
                         var.assign_sub(var * (lr * tf.cast(decay, var.dtype)))
-                    inner.update_step(compression.summed_gradient(update, var.shape), var, lr)
+                    self._inner_update(compression.summed_gradient(update, var.shape), var, lr)
                     return tf.constant(True)
 
                 return tf.cond(ok, step, lambda: tf.constant(False))
@@ -185,7 +184,10 @@ class ErrorFeedbackMixin:
         distribution.extended.update(
             self._inner_iterations(), lambda it, ok: it.assign_add(tf.cast(ok, it.dtype)),
             args=(exchanged.ok,), group=False)
-        self._counters.record(distribution, exchanged)
+
+    def _inner_update(self, grad, variable, learning_rate):
+        """The inner optimizer's own update of one variable (per device)."""
+        raise NotImplementedError
 
     def _inner_iterations(self):
         """The inner optimizer's step counter as a tf.Variable."""
