@@ -112,7 +112,8 @@ def test_dead_worker_fails_the_other_then_backup_resumes(tmp_path):
 def test_two_workers_fit_with_error_feedback_adam(tmp_path):
     """TopKErrorFeedback(Adam) in Keras 3 `fit` on two real processes: replicas stay
     identical, full density is Adam, 1% density differs and keeps a residual per worker."""
-    codes, outputs = run_workers(os.path.join(WORKERS, "error_feedback_fit.py"), [str(tmp_path)])
+    codes, outputs = run_workers(os.path.join(WORKERS, "keras3_fit.py"),
+                                 [str(tmp_path), "error_feedback"])
     assert codes == [0, 0], "\n".join(outputs)
     w0, w1 = (np.load(tmp_path / f"worker{i}.npz") for i in range(2))
     for i in range(4):

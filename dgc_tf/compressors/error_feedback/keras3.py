@@ -6,10 +6,8 @@ from keras.src.saving import serialization_lib
 
 from dgc_tf.compressors.base.keras3 import CompressorOptimizer, tf_variable
 from dgc_tf.compressors.dgc.replica import DGCSlots
-from dgc_tf.compressors.error_feedback.config import ErrorFeedbackConfig
 from dgc_tf.compressors.error_feedback.optimizer import (TOPK_ERROR_FEEDBACK_DOC,
-                                                         ErrorFeedbackMixin, check_arguments,
-                                                         check_inner)
+                                                         ErrorFeedbackMixin, validated)
 
 
 @keras.saving.register_keras_serializable(package="dgc_tf")
@@ -28,12 +26,10 @@ class TopKErrorFeedback(ErrorFeedbackMixin, CompressorOptimizer):
         **kwargs,
     ):
         # Validate before Keras sees anything, so bad input fails early and clearly.
-        config = ErrorFeedbackConfig(
-            compress_ratio=compress_ratio, sample_ratio=sample_ratio, warmup_steps=warmup_steps,
-            local_clipnorm=local_clipnorm, min_compress_size=min_compress_size,
-            **ErrorFeedbackConfig.inner_owned(kwargs))
-        check_arguments(kwargs)
-        inner = check_inner(keras.optimizers.get(inner_optimizer), keras.optimizers.Optimizer)
+        config, inner = validated(
+            inner_optimizer, keras.optimizers, kwargs, compress_ratio=compress_ratio,
+            sample_ratio=sample_ratio, warmup_steps=warmup_steps, local_clipnorm=local_clipnorm,
+            min_compress_size=min_compress_size)
         # The wrapper's own learning rate is unused: `learning_rate` is the inner one's.
         super().__init__(config, 0.0, name=name)
         self.inner_optimizer = inner

@@ -8,6 +8,7 @@ from dgc_tf.compressors.base import step as frame
 from dgc_tf.compressors.dgc import compression as dgc_compression
 from dgc_tf.compressors.dgc import replica as dgc_replica
 from dgc_tf.compressors.error_feedback import compression
+from dgc_tf.compressors.error_feedback.config import ErrorFeedbackConfig
 
 TOPK_ERROR_FEEDBACK_DOC = r"""Error-feedback top-k compression around any Keras optimizer.
 
@@ -82,6 +83,23 @@ _INNER_ARGUMENTS = {"weight_decay": None, "clipnorm": None, "global_clipnorm": N
                     "clipvalue": None, "use_ema": False, "ema_momentum": 0.99,
                     "ema_overwrite_frequency": None, "loss_scale_factor": None,
                     "gradient_accumulation_steps": None}
+
+
+def validated(inner_optimizer, keras_optimizers, kwargs, **config_arguments):
+    """The validated `(ErrorFeedbackConfig, inner optimizer)` for a constructor.
+
+    Args:
+      inner_optimizer: what the user passed (an optimizer, a name or a config).
+      keras_optimizers: the flavour's `optimizers` module (`get`, `Optimizer`).
+      kwargs: the constructor's other keyword arguments (consumed).
+      **config_arguments: the constructor's compression arguments.
+    Raises:
+      ValueError: naming the argument and what it accepts, before Keras sees anything.
+    """
+    config = ErrorFeedbackConfig(**config_arguments, **ErrorFeedbackConfig.inner_owned(kwargs))
+    check_arguments(kwargs)
+    inner = check_inner(keras_optimizers.get(inner_optimizer), keras_optimizers.Optimizer)
+    return config, inner
 
 
 def check_arguments(kwargs):

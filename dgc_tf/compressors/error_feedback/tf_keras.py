@@ -5,10 +5,8 @@ import tf_keras
 
 from dgc_tf.compressors.base.tf_keras import CompressorOptimizer
 from dgc_tf.compressors.dgc.replica import DGCSlots
-from dgc_tf.compressors.error_feedback.config import ErrorFeedbackConfig
 from dgc_tf.compressors.error_feedback.optimizer import (TOPK_ERROR_FEEDBACK_DOC,
-                                                         ErrorFeedbackMixin, check_arguments,
-                                                         check_inner)
+                                                         ErrorFeedbackMixin, validated)
 
 
 @tf_keras.saving.register_keras_serializable(package="dgc_tf")
@@ -29,13 +27,10 @@ class TopKErrorFeedback(ErrorFeedbackMixin, CompressorOptimizer):
         **kwargs,
     ):
         # Validate before Keras sees anything, so bad input fails early and clearly.
-        config = ErrorFeedbackConfig(
-            compress_ratio=compress_ratio, sample_ratio=sample_ratio, warmup_steps=warmup_steps,
-            local_clipnorm=local_clipnorm, min_compress_size=min_compress_size,
-            **ErrorFeedbackConfig.inner_owned(kwargs))
-        check_arguments(kwargs)
-        inner = check_inner(tf_keras.optimizers.get(inner_optimizer),
-                            tf_keras.optimizers.Optimizer)
+        config, inner = validated(
+            inner_optimizer, tf_keras.optimizers, kwargs, compress_ratio=compress_ratio,
+            sample_ratio=sample_ratio, warmup_steps=warmup_steps, local_clipnorm=local_clipnorm,
+            min_compress_size=min_compress_size)
         # The wrapper's own learning rate is unused: `learning_rate` is the inner one's.
         super().__init__(config, 0.0, name)
         self.inner_optimizer = inner
