@@ -274,3 +274,27 @@ def test_tf_keras_get_config_round_trip():
     assert clone.get_config() == config
     assert isinstance(clone.inner_optimizer, tf_keras.optimizers.Adam)
     assert tf_keras.optimizers.get(tf_keras.optimizers.serialize(optimizer)).get_config() == config
+
+
+def test_pure_functions_are_the_reference_step():
+    """accumulate -> select -> zero_sent is one worker's reference step; summed_gradient
+    sums what several workers sent to the same index."""
+    from dgc_tf.compressors.error_feedback import compression
+    from tests.dgc_reference import topk_by_magnitude
+
+    rng = np.random.default_rng(2)
+    residual, grad = (rng.normal(size=(30, 20)).astype(np.float32) for _ in range(2))
+    e = compression.accumulate(tf.constant(residual), tf.constant(grad))
+    values, indices = compression.select(e, 12)
+    want_values, want_indices = topk_by_magnitude(residual + grad, 12)
+    np.testing.assert_array_equal(np.sort(indices.numpy()), np.sort(want_indices))
+    np.testing.assert_allclose(np.sort(values.numpy()), np.sort(want_values), rtol=1e-6)
+    kept = (residual + grad).ravel()
+    kept[want_indices] = 0
+    np.testing.assert_allclose(compression.zero_sent(e, indices).numpy().ravel(), kept,
+                               rtol=1e-6)
+
+    update = tf.IndexedSlices(tf.constant([1.0, 2.0, 4.0]), tf.constant([5, 7, 5]),
+                              tf.constant([600]))
+    dense = compression.summed_gradient(update, tf.TensorShape([30, 20])).numpy().ravel()
+    assert (dense[5], dense[7], np.abs(dense).sum()) == (5.0, 2.0, 7.0)
