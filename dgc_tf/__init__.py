@@ -5,9 +5,11 @@ tf_keras one when `TF_USE_LEGACY_KERAS=1`, so that
 `model.compile(optimizer=dgc_tf.DGCSGD())` works with whichever Keras
 `tf.keras` is. `dgc_tf.keras3.DGCSGD` and `dgc_tf.tf_keras.DGCSGD` name a
 flavour explicitly. `dgc_tf.VGCSGD` (variance-based gradient compression,
-`dgc_tf.vgc`) follows `tf.keras` the same way.
+`dgc_tf.vgc`) follows `tf.keras` the same way. `dgc_tf.TopKErrorFeedback(inner)`
+(error-feedback top-k, `dgc_tf.compressors.error_feedback`) wraps any Keras
+optimizer (Adam, AdamW, SGD, ...) the way `LossScaleOptimizer` does.
 
-The layout: `dgc_tf.compressors` holds one package per method (`dgc`, `vgc`)
+The layout: `dgc_tf.compressors` holds one package per method (`dgc`, `vgc`, `error_feedback`)
 on a neutral frame (`compressors.base`, whose docstring is the contract a
 method fulfils); `dgc_tf.distribute` is the exchange; `dgc_tf.ops` the
 compiled selection ops; `dgc_tf.datasets` the example data readers.
@@ -28,7 +30,7 @@ import sys
 
 __version__ = "0.1.0"
 
-__all__ = ["DGCSGD", "VGCSGD", "DGCConfig", "ops", "keras_flavour"]
+__all__ = ["DGCSGD", "VGCSGD", "TopKErrorFeedback", "DGCConfig", "ops", "keras_flavour"]
 
 
 def keras_flavour():
@@ -43,6 +45,9 @@ def __getattr__(name):
         return importlib.import_module(f"dgc_tf.{keras_flavour()}").DGCSGD
     if name == "VGCSGD":
         return importlib.import_module(f"dgc_tf.compressors.vgc.{keras_flavour()}").VGCSGD
+    if name == "TopKErrorFeedback":
+        from dgc_tf.compressors import error_feedback
+        return error_feedback.TopKErrorFeedback
     if name == "DGCConfig":
         from dgc_tf.compressors.dgc.config import DGCConfig
         return DGCConfig
@@ -57,8 +62,10 @@ def __getattr__(name):
 # needs. Importing them creates no TensorFlow context, so a strategy made
 # afterwards can still configure collectives.
 _SERIALIZABLE_MODULES = {
-    "keras": ("dgc_tf.compressors.dgc.keras3", "dgc_tf.compressors.vgc.keras3"),
-    "tf_keras": ("dgc_tf.compressors.dgc.tf_keras", "dgc_tf.compressors.vgc.tf_keras"),
+    "keras": ("dgc_tf.compressors.dgc.keras3", "dgc_tf.compressors.vgc.keras3",
+              "dgc_tf.compressors.error_feedback.keras3"),
+    "tf_keras": ("dgc_tf.compressors.dgc.tf_keras", "dgc_tf.compressors.vgc.tf_keras",
+                 "dgc_tf.compressors.error_feedback.tf_keras"),
 }
 
 

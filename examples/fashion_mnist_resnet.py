@@ -29,7 +29,12 @@ divided by 10 at 50% and 75% of the run, decoupled weight decay
   update their moving statistics once per micro-batch, so VGC's model does
   not train exactly the function the dense and DGC runs train.
 
-`--optimizer both` runs dense and DGC, `all` dense, DGC and VGC.
+`--optimizer both` runs dense and DGC, `all` dense, DGC and VGC. `adam` is
+`keras.optimizers.Adam(lr)` dense, `adam-ef` the same Adam inside
+`dgc_tf.TopKErrorFeedback(compress_ratio, warmup_steps=<--warmup-epochs>)`
+(error-feedback top-k, no momentum correction), `adam-both` runs the two; give
+them an Adam learning rate (`--learning-rate 0.001`). `sgd-ef` is the dense run's
+SGD inside `TopKErrorFeedback`: DGC without momentum correction.
 
 Two real local workers:
 
@@ -61,7 +66,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--max-steps-per-epoch", type=int, default=None)
-    parser.add_argument("--optimizer", choices=["dense", "dgc", "vgc", "both", "all"],
+    parser.add_argument("--optimizer", choices=["dense", "dgc", "vgc", "both", "all",
+                                                    "adam", "adam-ef", "adam-both", "sgd-ef"],
                         default="both", help="both: dense and dgc; all: dense, dgc and vgc")
     parser.add_argument("--json", help="write the results here (chief only)")
     parser.add_argument("--train-size", type=int, default=None, help="first N training images")
@@ -144,9 +150,11 @@ def train(name, strategy, data, args):
         # fails under a strategy (the schedule's per-replica value reaches
         # the frame's apply_updates in cross-replica context).
         lr = args.learning_rate
-        if name == "dense":
+        if name in ("dense", "sgd-ef"):
             optimizer = keras.optimizers.SGD(lr, momentum=args.momentum,
                                              weight_decay=args.weight_decay or None)
+        elif name in ("adam", "adam-ef"):
+            optimizer = keras.optimizers.Adam(lr, weight_decay=args.weight_decay or None)
         elif name == "vgc":
             optimizer = dgc_tf.vgc.VGCSGD(
                 learning_rate=lr, momentum=args.momentum, alpha=args.alpha, zeta=args.zeta,
@@ -155,6 +163,10 @@ def train(name, strategy, data, args):
             optimizer = dgc_tf.keras3.DGCSGD(
                 learning_rate=lr, momentum=args.momentum, compress_ratio=args.compress_ratio,
                 warmup_steps=warmup_steps, weight_decay=args.weight_decay or None,
+                local_clipnorm=args.local_clipnorm)
+        if name.endswith("-ef"):
+            optimizer = dgc_tf.TopKErrorFeedback(
+                optimizer, compress_ratio=args.compress_ratio, warmup_steps=warmup_steps,
                 local_clipnorm=args.local_clipnorm)
         model.compile(optimizer=optimizer, jit_compile=False, metrics=["accuracy"],
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -236,14 +248,14 @@ def train(name, strategy, data, args):
                                       else None),
               "steps": steps, "steps_per_epoch": steps_per_epoch,
               "parameters": int(model.count_params()), "history": history}
-    if name in ("dgc", "vgc"):
+    if name in ("dgc", "vgc", "adam-ef", "sgd-ef"):
         stats = optimizer.compression_stats()
         result.update(
             compression_ratio=stats["compression_ratio"],
             compression_ratio_last_step=stats["dense_bytes"] / steps / stats["last_bytes_sent"],
             bytes_sent_per_step=stats["bytes_sent"] / steps,
             dense_bytes_per_step=stats["dense_bytes"] / steps)
-        if name == "dgc":
+        if name in ("dgc", "adam-ef", "sgd-ef"):
             result.update(warmup_steps=warmup_steps)
             if hasattr(strategy, "exchange_routes"):  # the route each variable took last
                 result.update(exchange=args.exchange, exchange_routes=strategy.exchange_routes)
@@ -282,7 +294,8 @@ def main(argv=None):
         f"{args.batch_size}, selection op: "
         f"{'compiled' if dgc_tf.ops.using_custom_op() else 'pure-TF fallback'}", flush=True)
 
-    names = {"both": ["dense", "dgc"], "all": ["dense", "dgc", "vgc"]}.get(
+    names = {"both": ["dense", "dgc"], "all": ["dense", "dgc", "vgc"],
+             "adam-both": ["adam", "adam-ef"]}.get(
         args.optimizer, [args.optimizer])
     results = [train(name, strategy, data, args) for name in names]
     if not is_chief():

@@ -43,6 +43,11 @@ dense and DGC; `all`: dense, DGC and VGC):
   minibatch gradient (exact) and the estimate of the mean squared per-row
   gradient that VGC's test `r^2 > alpha * s / B` needs (B = rows per replica).
 
+`adam` is `keras.optimizers.Adam(lr)` on the dense path above, `adam-ef` the
+same Adam inside `dgc_tf.TopKErrorFeedback(compress_ratio, warmup_steps=<one
+epoch>, local_clipnorm=5)` (error-feedback top-k: no momentum correction),
+`adam-both` runs the two; give them an Adam learning rate (`--learning-rate 0.002`).
+
 Validation perplexity after every epoch, test perplexity at the end (batch 20,
 20 steps, state carried across the whole split; the paper evaluates with
 batch 1, step 1 - with the state carried the difference is negligible).
@@ -82,7 +87,8 @@ def parse_args(argv=None):
                         help="shorten every epoch to this many batches")
     parser.add_argument("--max-eval-steps", type=int, default=None,
                         help="evaluate on only this many batches of valid/test (tests)")
-    parser.add_argument("--optimizer", choices=["dense", "dgc", "vgc", "both", "all"],
+    parser.add_argument("--optimizer", choices=["dense", "dgc", "vgc", "both", "all",
+                                                    "adam", "adam-ef", "adam-both"],
                         default="both", help="both: dense and dgc; all: dense, dgc and vgc")
     parser.add_argument("--json", help="write the results here (chief only)")
     parser.add_argument("--batch-size", type=int, default=20, help="global batch size")
@@ -175,6 +181,12 @@ def train(name, strategy, data, args):
         lr = learning_rate_at(0, args)
         if name == "dense":
             optimizer = keras.optimizers.SGD(lr)
+        elif name == "adam":
+            optimizer = keras.optimizers.Adam(lr)
+        elif name == "adam-ef":
+            optimizer = dgc_tf.TopKErrorFeedback(
+                keras.optimizers.Adam(lr), compress_ratio=args.compress_ratio,
+                warmup_steps=warmup_steps, local_clipnorm=args.clipnorm)
         elif name == "vgc":
             optimizer = dgc_tf.vgc.VGCSGD(
                 learning_rate=lr, momentum=args.momentum, alpha=args.alpha, zeta=args.zeta,
@@ -226,7 +238,7 @@ def train(name, strategy, data, args):
             # Summed over the unrolled steps, averaged over the global batch.
             loss = tf.reduce_sum(token_losses) / args.batch_size
         grads = tape.gradient(loss, variables)
-        if name == "dense":
+        if name in ("dense", "adam"):
             ctx = tf.distribute.get_replica_context()
             grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
             grads, _ = tf.clip_by_global_norm(grads, args.clipnorm)
@@ -276,7 +288,7 @@ def train(name, strategy, data, args):
         valid_ppl = perplexity(valid_ids)
         record = {"epoch": epoch + 1, "learning_rate": lr_now, "train_perplexity": train_ppl,
                   "valid_perplexity": valid_ppl, "train_seconds": seconds}
-        if name == "dgc":
+        if name in ("dgc", "adam-ef"):
             record["density_end"] = optimizer.current_density()
             record["compression_ratio_so_far"] = optimizer.compression_stats()[
                 "compression_ratio"]
@@ -302,7 +314,7 @@ def train(name, strategy, data, args):
         "test_perplexity": perplexity(test_ids),
         "history": history,
     }
-    if name in ("dgc", "vgc"):
+    if name in ("dgc", "vgc", "adam-ef"):
         stats = optimizer.compression_stats()
         steps = result["steps"]
         result.update(
@@ -310,7 +322,7 @@ def train(name, strategy, data, args):
             compression_ratio_last_step=stats["dense_bytes"] / steps / stats["last_bytes_sent"],
             bytes_sent_per_step=stats["bytes_sent"] / steps,
             dense_bytes_per_step=stats["dense_bytes"] / steps)
-        if name == "dgc":
+        if name in ("dgc", "adam-ef"):
             result.update(warmup_steps=warmup_steps)
             if hasattr(strategy, "exchange_routes"):  # the route each variable took last
                 result.update(exchange=args.exchange, exchange_routes=strategy.exchange_routes)
@@ -342,7 +354,8 @@ def main(argv=None):
         + f", batch {args.batch_size}x{args.num_steps}, selection op: "
         f"{'compiled' if dgc_tf.ops.using_custom_op() else 'pure-TF fallback'}", flush=True)
 
-    names = {"both": ["dense", "dgc"], "all": ["dense", "dgc", "vgc"]}.get(
+    names = {"both": ["dense", "dgc"], "all": ["dense", "dgc", "vgc"],
+             "adam-both": ["adam", "adam-ef"]}.get(
         args.optimizer, [args.optimizer])
     results = [train(name, strategy, data, args) for name in names]
 

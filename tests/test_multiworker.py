@@ -194,3 +194,24 @@ def test_two_replicas_per_worker_put_one_replicas_bytes_on_the_wire(tmp_path):
         for key in ("last_bytes_sent", "bytes_sent", "dense_bytes"):
             assert float(two[0][f"{case}/{key}"]) == float(one[0][f"{case}/{key}"]) > 0, key
     assert json.loads(str(two[0]["routes"])) == {"w0:0": "allgather", "w1:0": "allgather"}
+
+
+def test_two_workers_fit_with_error_feedback_adam(tmp_path):
+    """TopKErrorFeedback(Adam) in Keras 3 `fit` on two real processes: replicas stay
+    identical, full density is Adam, 1% density differs and keeps a residual per worker."""
+    codes, outputs = run_workers(os.path.join(WORKERS, "keras3_fit.py"),
+                                 [str(tmp_path), "error_feedback"])
+    assert codes == [0, 0], "\n".join(outputs)
+    w0, w1 = (np.load(tmp_path / f"worker{i}.npz") for i in range(2))
+    for i in range(4):
+        for name in ("adam", "ef_full", "ef"):
+            np.testing.assert_array_equal(w0[f"{name}/{i}"], w1[f"{name}/{i}"],
+                                          err_msg=f"{name}/{i}")
+        np.testing.assert_allclose(w0[f"ef_full/{i}"], w0[f"adam/{i}"], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(w0["ef/0"], w0["adam/0"])
+    assert float(w0["ef_ratio"]) > 10
+    # Adam's bias correction counted every step (none was skipped).
+    assert int(w0["ef_inner_iterations"]) == int(w0["ef_iterations"]) > 0
+    # Each worker keeps its own residual: they differ (their shards differ) and are not empty.
+    assert np.abs(w0["ef_own_residual"]).sum() > 0
+    assert not np.allclose(w0["ef_own_residual"], w1["ef_own_residual"])

@@ -7,6 +7,9 @@
       dgc/    Deep Gradient Compression: pure math, config, replica step, DGCSGD
       vgc/    variance-based gradient compression: the same, plus VGC's
               micro-batch estimator and training step, VGCSGD
+      error_feedback/  error-feedback top-k for any Keras optimizer: DGC's
+              replica step without momentum, the wrapped optimizer's apply,
+              TopKErrorFeedback
 
 Why this layout: a method is a room of its own. Everything two methods would
 otherwise write twice (or borrow from each other) sits in `base/` once, and a

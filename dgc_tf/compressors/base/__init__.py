@@ -52,13 +52,12 @@ A method lives in its own package (`dgc_tf.compressors.<method>`) with:
    gradient, through `exchange(ctx, handed, variables, also_handed)`.
 5. How its update is applied: by what it leaves in `Exchanged.updates`: a
    `tf.IndexedSlices` (a scatter, no momentum) or a dense tensor (Keras SGD
-   with the slot's `sgd_momentum`). Anything else it does after the apply
-   (its own counters) goes in `_record_step(distribution, exchanged)`. A
-   method whose update is applied some other way (say, by a wrapped Keras
-   optimizer) overrides `_apply_exchanged(distribution, variables, slots,
-   exchanged, learning_rate)` (cross-replica context, inside `merge_call`);
-   it must apply nothing where `exchanged.ok` is False and still call
-   `self._counters.record(distribution, exchanged)`.
+   with the slot's `sgd_momentum`); or it overrides `_apply_updates(distribution,
+   variables, slots, exchanged, learning_rate)` (cross-replica) to apply them
+   its own way (`error_feedback`: the wrapped optimizer's `update_step`);
+   an override must apply nothing where `exchanged.ok` is False.
+   Anything else it does after the apply (its own counters) goes in
+   `_record_step(distribution, exchanged)`.
 6. Its stats: `current_density()` (what "density" means for the method) and
    optionally `_method_stats()` (extra keys for `compression_stats()`).
 

@@ -53,12 +53,18 @@ class CompressorMixin:
 
     def _apply_exchanged(self, distribution, variables, slots, exchanged, learning_rate):
         """Cross-replica: applies the exchanged update and counts the step."""
+        self._apply_updates(distribution, variables, slots, exchanged, learning_rate)
+        self._counters.record(distribution, exchanged)
+        self._record_step(distribution, exchanged)
+
+    def _apply_updates(self, distribution, variables, slots, exchanged, learning_rate):
+        """Cross-replica: the weight updates, by default the frame's (a scatter for a
+        `tf.IndexedSlices`, Keras SGD for a dense sum). A method whose update
+        another optimizer applies overrides this (`TopKErrorFeedback`)."""
         config = self.compressor_config
         frame.apply_updates(distribution, variables, [s.sgd_momentum for s in slots], exchanged,
                             learning_rate, self._weight_decay_for, config.momentum,
                             config.nesterov)
-        self._counters.record(distribution, exchanged)
-        self._record_step(distribution, exchanged)
 
     def _record_step(self, distribution, exchanged):
         """Cross-replica: a method's own counters (none by default)."""
