@@ -57,8 +57,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from dgc_tf.distribute import (  # noqa: E402
-    MultiWorkerMirroredStrategy, is_chief, strategy_from_environment)
+from dgc_tf.distribute import is_chief, strategy_from_environment  # noqa: E402
 from fashion_mnist_demo import convnet  # noqa: E402
 
 
@@ -95,8 +94,8 @@ def parse_args(argv=None):
                         help="replicas of the single-process MirroredStrategy")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--exchange", choices=["auto", "leader", "allgather"], default="auto",
-                        help="DGC's sparse exchange across workers (the `exchange` of "
-                             "dgc_tf.distribute.MultiWorkerMirroredStrategy); multi-worker only")
+                        help="DGC's sparse exchange between replicas (the `exchange` of "
+                             "dgc_tf.distribute.SparseAllGather)")
     return parser.parse_args(argv)
 
 
@@ -275,13 +274,7 @@ def main(argv=None):
     import dgc_tf
     from dgc_tf.datasets.fashion_mnist import fashion_mnist_arrays
 
-    if os.environ.get("TF_CONFIG"):
-        strategy = MultiWorkerMirroredStrategy(exchange=args.exchange)
-    elif args.exchange != "auto":
-        raise SystemExit("--exchange picks the route between workers: run under dgc_tf.launch "
-                         "(TF_CONFIG), or leave it at auto")
-    else:
-        strategy = strategy_from_environment(args.replicas)
+    strategy = strategy_from_environment(args.replicas, exchange=args.exchange)
     (x, y), (x_test, y_test) = fashion_mnist_arrays(args.train_size, args.test_size)
     if args.model == "resnet":
         x, x_test = pad32(x), pad32(x_test)

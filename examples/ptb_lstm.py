@@ -76,8 +76,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-from dgc_tf.distribute import (  # noqa: E402
-    MultiWorkerMirroredStrategy, is_chief, strategy_from_environment)
+from dgc_tf.distribute import is_chief, strategy_from_environment  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -113,8 +112,8 @@ def parse_args(argv=None):
                         help="replicas of the single-process MirroredStrategy")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--exchange", choices=["auto", "leader", "allgather"], default="auto",
-                        help="DGC's sparse exchange across workers (the `exchange` of "
-                             "dgc_tf.distribute.MultiWorkerMirroredStrategy); multi-worker only")
+                        help="DGC's sparse exchange between replicas (the `exchange` of "
+                             "dgc_tf.distribute.SparseAllGather)")
     return parser.parse_args(argv)
 
 
@@ -339,13 +338,7 @@ def main(argv=None):
     import dgc_tf
     from dgc_tf.datasets import ptb
 
-    if os.environ.get("TF_CONFIG"):
-        strategy = MultiWorkerMirroredStrategy(exchange=args.exchange)
-    elif args.exchange != "auto":
-        raise SystemExit("--exchange picks the route between workers: run under dgc_tf.launch "
-                         "(TF_CONFIG), or leave it at auto")
-    else:
-        strategy = strategy_from_environment(args.replicas)
+    strategy = strategy_from_environment(args.replicas, exchange=args.exchange)
     data = ptb.load_ptb()
     log = print if is_chief() else (lambda *a, **k: None)
     log(f"PTB LSTM: {strategy.num_replicas_in_sync} replicas, {len(data[0])} train tokens, "

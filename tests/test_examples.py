@@ -165,13 +165,18 @@ def test_fashion_mnist_resnet_runs_end_to_end(example_runs):
     assert "micro-batch" in vgc["note"] and vgc["median_step_seconds"] > 0
 
 
-@pytest.mark.parametrize("script", sorted(EXAMPLE_ARGS))
-def test_exchange_flag_needs_workers(script):
-    """`--exchange` picks the route between workers: without TF_CONFIG a non-default
-    value is refused with a message saying so, before any data is read."""
+def test_strategy_from_environment_passes_the_exchange():
+    """The examples' `--exchange` reaches SparseAllGather in one process too, and a bad
+    value is refused naming `exchange` before the CPU is split."""
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     env.update(TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "examples", script),
-                          "--exchange", "leader"], cwd=ROOT, env=env, capture_output=True,
+    code = ("import tensorflow as tf; from dgc_tf.distribute import strategy_from_environment\n"
+            "try:\n    strategy_from_environment(2, exchange='ring')\n"
+            "except ValueError as e:\n    print('refused:', e)\n"
+            "s = strategy_from_environment(2, exchange='leader')\n"
+            "print(s.num_replicas_in_sync, s.extended._cross_device_ops.exchange)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=300)
-    assert out.returncode != 0 and "--exchange" in out.stderr and "dgc_tf.launch" in out.stderr
+    assert out.returncode == 0, out.stderr
+    assert "refused: `exchange` must be one of" in out.stdout
+    assert out.stdout.strip().endswith("2 leader"), out.stdout

@@ -254,7 +254,7 @@ def test_per_worker_sums_the_local_replicas_then_compresses_once():
         for got, want in zip(run.weights(), expected):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"step {step}")
         for j in (0, 1):
-            copies = harness.local_values(run.optimizer._dgc_slots.at(j).residual)
+            copies = harness.local_values(run.optimizer._compressor_slots.at(j).residual)
             assert np.array_equal(copies[0], copies[1])
             np.testing.assert_allclose(copies[0], reference.v[0][j], rtol=1e-5, atol=1e-5)
     exchange = exchange_of(run.strategy)

@@ -6,11 +6,11 @@ import os
 import tensorflow as tf
 
 from dgc_tf.distribute.devices import configure_logical_cpus, default_devices
-from dgc_tf.distribute.sparse_all_gather import SparseAllGather
+from dgc_tf.distribute.sparse_all_gather import SparseAllGather, check_arguments
 from dgc_tf.distribute.strategy import MultiWorkerMirroredStrategy
 
 
-def strategy_from_environment(local_replicas=2, replicas_per_worker=None):
+def strategy_from_environment(local_replicas=2, replicas_per_worker=None, exchange="auto"):
     """The strategy a DGC script wants where it runs.
 
     With `TF_CONFIG` (set by `dgc_tf.launch`, Kubeflow's TFJob or by hand):
@@ -30,6 +30,9 @@ def strategy_from_environment(local_replicas=2, replicas_per_worker=None):
       replicas_per_worker: under `TF_CONFIG`, the replicas of each worker
         (None: TensorFlow's choice, every GPU or one CPU device); a worker's
         replicas sum their gradients and compress once.
+      exchange: `SparseAllGather`'s route for compressed gradients, "auto",
+        "leader" or "allgather" (between workers, or between one process's
+        replicas).
     Returns:
       A `tf.distribute.Strategy`.
     Raises:
@@ -39,11 +42,13 @@ def strategy_from_environment(local_replicas=2, replicas_per_worker=None):
     if os.environ.get("TF_CONFIG"):
         if replicas_per_worker is not None and not gpus:
             configure_logical_cpus(replicas_per_worker)
-        return MultiWorkerMirroredStrategy(replicas_per_worker=replicas_per_worker)
+        return MultiWorkerMirroredStrategy(replicas_per_worker=replicas_per_worker,
+                                           exchange=exchange)
+    check_arguments(None, exchange, None)  # before the device side effect
     if not gpus:
         configure_logical_cpus(local_replicas)
     devices = default_devices()
-    return tf.distribute.MirroredStrategy(devices, cross_device_ops=SparseAllGather(devices))
+    return tf.distribute.MirroredStrategy(devices, cross_device_ops=SparseAllGather(devices, exchange=exchange))
 
 
 def is_chief():

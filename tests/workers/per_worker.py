@@ -65,7 +65,7 @@ for case, kwargs in CASES.items():
             lambda ctx, t=t: [tf.constant(g) for g in grads[t][ctx.replica_id_in_sync_group]]))
     for j, v in enumerate(variables):
         saved[f"{case}/w{j}"] = np.asarray(v.numpy())
-        slots = optimizer._dgc_slots.at(j)
+        slots = optimizer._compressor_slots.at(j)
         if slots.compressed:
             for r, local_value in enumerate(slots.residual.values):
                 saved[f"{case}/residual{j}/{r}"] = np.asarray(local_value.numpy())

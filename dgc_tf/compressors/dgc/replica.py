@@ -5,10 +5,11 @@
 the replica's residual, selects the top-k entries and hands every compressed
 gradient (as a `CompressedGradient`) and the dense gradients to the frame's
 one `exchange`. What was applied is zeroed in the residual (momentum masking
-too). Where the exchange applies the replica's own selection (any strategy
-but dgc_tf's leader route), one fused compress step does all of that in place
-before the exchange; on the leader route (`SparseAllGather`) the exchange
-applies a leader's indices, so selection leaves the state unmasked and the
+too). One fused compress step (`dgc_tf.ops.compress_step`) does the
+accumulation and selection in place. Where the exchange applies the
+replica's own selection (any strategy but dgc_tf's leader route) it also
+masks what was selected; on the leader route (`SparseAllGather`) the exchange
+applies a leader's indices, so the step leaves the state unmasked and the
 entries the exchange says it applied are zeroed after it.
 
 The cross-replica half is the frame's `apply_updates`: a scatter for the
@@ -99,8 +100,9 @@ def compress_and_exchange(config, grads, variables, slots, step):
             select = lambda grad=grad, slot=slot, k=k: (  # noqa: E731
                 *_compress_step(config, slot, grad, k), tf.reshape(slot.residual, [-1]))
         else:
-            select = lambda grad=grad, var=var, slot=slot, k=k: _accumulate_and_select(  # noqa: E731
-                config, slot, frame.densify(grad, var), k)
+            select = lambda grad=grad, slot=slot, k=k: (  # noqa: E731
+                *_compress_step(config, slot, grad, k, mask_selected=False),
+                tf.reshape(slot.residual, [-1]))
         values, indices, residual = tf.cond(
             ok, select,
             lambda grad=grad, slot=slot, k=k: (
@@ -125,35 +127,20 @@ def compress_and_exchange(config, grads, variables, slots, step):
     return frame.Exchanged(updates, ok, bytes_sent, dense_bytes)
 
 
-def _compress_step(config, slot, grad, k):
-    """Momentum correction, selection and masking of what was selected, in place.
+def _compress_step(config, slot, grad, k, mask_selected=True):
+    """Momentum correction, selection and (optionally) masking, in place.
 
-    For routes that apply this replica's own selection. Returns the selected
-    `(values, flat indices)`; the state variables are updated by one fused
-    step (`dgc_tf.ops.compress_step`; a dense or `IndexedSlices` gradient).
+    Returns the selected `(values, flat indices)`; the state variables are
+    updated by one fused step (`dgc_tf.ops.compress_step`; a dense or
+    `IndexedSlices` gradient, which is added row by row, never densified).
+    With `mask_selected=False` (the leader route) what was selected stays in
+    the state: the exchange says what it applied and `_mask_applied` zeroes
+    that after it.
     """
     return compress_step(
         slot.residual, slot.momentum, grad, k, momentum_factor=config.momentum,
         nesterov=config.nesterov, momentum_masking=config.momentum_masking,
-        sample_ratio=config.sample_ratio)
-
-
-def _accumulate_and_select(config, slot, grad, k):
-    """Momentum correction into the replica's state, and selection.
-
-    Returns the selected `(values, flat indices)` and the flat residual they
-    were selected from; the state variables are updated in place
-    (replica-local assignments). Masking waits for the exchange
-    (`_mask_applied`), which says what was applied.
-    """
-    u = tf.zeros_like(grad) if slot.momentum is None else slot.momentum.read_value()
-    u, v = compression.momentum_correction(
-        u, slot.residual.read_value(), grad, config.momentum, config.nesterov)
-    values, indices = compression.select(v, k, config.sample_ratio)
-    if slot.momentum is not None:
-        slot.momentum.assign(u)
-    slot.residual.assign(v)
-    return tf.identity(values), tf.identity(indices), tf.reshape(v, [-1])
+        mask_selected=mask_selected, sample_ratio=config.sample_ratio)
 
 
 def _mask_applied(config, slot, applied):
