@@ -1,10 +1,11 @@
-"""DGC's pure steps (dgc_tf.compression) and the wire format, against numbers."""
+"""DGC's pure steps (dgc_tf.compression) and the wire format (dgc_tf.distribute.wire), against numbers."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from dgc_tf import compression, wire
+from dgc_tf import compression
+from dgc_tf.distribute import wire
 
 
 def test_momentum_correction_numbers():
