@@ -96,15 +96,11 @@ def compress_and_exchange(config, grads, variables, slots, step):
         # what to zero.
         own_selection = route_for is None or route_for(
             size, max_count, var.dtype, index_dtype_for(size)) != "leader"
-        if own_selection:
-            select = lambda grad=grad, slot=slot, k=k: (  # noqa: E731
-                *_compress_step(config, slot, grad, k), tf.reshape(slot.residual, [-1]))
-        else:
-            select = lambda grad=grad, slot=slot, k=k: (  # noqa: E731
-                *_compress_step(config, slot, grad, k, mask_selected=False),
-                tf.reshape(slot.residual, [-1]))
         values, indices, residual = tf.cond(
-            ok, select,
+            ok,
+            lambda grad=grad, slot=slot, k=k, mask=own_selection: (
+                *_compress_step(config, slot, grad, k, mask_selected=mask),
+                tf.reshape(slot.residual, [-1])),
             lambda grad=grad, slot=slot, k=k: (
                 tf.zeros([k], grad.dtype), tf.zeros([k], index_dtype_for(size)),
                 tf.reshape(slot.residual.read_value(), [-1])))
