@@ -66,6 +66,7 @@ from dgc_tf.distribute import wire, worker_exchange
 from dgc_tf.distribute.collective_timeout import warn_if_collective_timeout
 from dgc_tf.distribute.devices import default_devices
 from dgc_tf.distribute.payload import CompressedGradient, ReducedGradient
+from dgc_tf.ops import scatter
 
 # Distinct collective group keys for each SparseAllGather built by hand in one
 # process, so that two of them (or one beside a MirroredStrategy's own) never
@@ -410,9 +411,8 @@ class SparseAllGather(cross_device_ops_lib.CollectiveAllReduce):
 
     def _densify(self, gradient):
         """A replica's own entries as a dense flat tensor (no index repeats within one)."""
-        size = gradient.residual.shape.num_elements()
-        return tf.scatter_nd(tf.cast(gradient.indices[:, None], tf.int64), gradient.values,
-                             [size])
+        return scatter.dense_at(gradient.values, gradient.indices,
+                                gradient.residual.shape.num_elements())
 
     @staticmethod
     def _reduced(gradient, dense_sum):

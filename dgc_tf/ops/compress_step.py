@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from dgc_tf.ops import _custom_op
 from dgc_tf.ops.dtypes import KERNEL_DTYPES, index_dtype_for, k_tensor
+from dgc_tf.ops.scatter import flat_to_coords
 from dgc_tf.ops.topk import sampled_topk, sampled_topk_tf
 
 
@@ -116,8 +117,6 @@ def zero_at(variable, indices):
     variable's handle in replica context is this replica's component, which
     `scatter_nd_update` on the distributed variable does not offer.
     """
-    from dgc_tf.compression import flat_to_coords  # compression imports dgc_tf.ops
-
     coords = flat_to_coords(indices, variable.shape.as_list())
     return tf.raw_ops.ResourceScatterNdUpdate(
         ref=variable.handle, indices=coords, updates=tf.zeros(tf.shape(indices), variable.dtype))

@@ -18,13 +18,13 @@ through `assign*` / `scatter_nd_sub`.
 """
 
 import dataclasses
-import math
 from typing import List, NamedTuple
 
 import tensorflow as tf
 
 from dgc_tf.distribute import worker_exchange
 from dgc_tf.distribute.payload import handed_bytes
+from dgc_tf.ops import scatter
 
 
 class SlotTable:
@@ -232,23 +232,17 @@ def apply_updates(distribution, variables, sgd_momenta, exchanged, learning_rate
             var, apply_one, args=(update, exchanged.ok, learning_rate), group=False)
 
 
-def flat_to_coords(indices, shape):
-    """`[n]` flat indices -> `[n, rank]` coordinates for `scatter_nd` into `shape`."""
-    rank = len(shape)
-    if rank == 0:
-        return tf.zeros([tf.size(indices), 0], indices.dtype)
-    if rank == 1:
-        return indices[:, None]
-    # Row-major strides by hand: tf.unravel_index rejects an empty `indices`
-    # (VGC may select nothing).
-    strides = [math.prod(shape[j + 1:]) for j in range(rank)]
-    return tf.stack([(indices // stride) % dim for stride, dim in zip(strides, shape)], axis=1)
-
-
 def apply_sparse(var, update, lr):
-    """`w -= lr * G` as a scatter: touches only the received entries."""
-    coords = flat_to_coords(update.indices, var.shape.as_list())
-    var.scatter_nd_sub(coords, update.values * lr)
+    """`w -= lr * G` for a flat `tf.IndexedSlices` update.
+
+    An update that travelled densely (a `ReducedGradient` of the dense route)
+    holds every index in order and is subtracted as the dense tensor it is;
+    otherwise the received entries are scattered (`dgc_tf.ops.scatter`).
+    """
+    if getattr(update, "route", None) == "dense":
+        var.assign_sub(tf.reshape(update.values * lr, var.shape))
+    else:
+        scatter.subtract_at(var, update.indices, update.values * lr)
 
 
 def apply_momentum_sgd(var, momentum, grad, lr, momentum_factor, nesterov):

@@ -24,8 +24,9 @@ import math
 
 import tensorflow as tf
 
-from dgc_tf.compressors.base.step import flat_to_coords, local_clip_threshold
-from dgc_tf.ops import sampled_topk
+from dgc_tf.compressors.base.step import local_clip_threshold
+from dgc_tf.ops import sampled_topk, scatter
+from dgc_tf.ops.scatter import flat_to_coords
 from dgc_tf.ops.topk import index_dtype_for
 
 __all__ = ["WARMUP_DENSITIES", "stage_densities", "density_stage", "density_at", "num_selected",
@@ -130,13 +131,7 @@ def mask_sent(momentum_buf, residual, indices, momentum_masking=True):
     Momentum factor masking stops the stale momentum of an entry that was just
     applied from pushing the same direction again (the paper's Section 3.2).
     """
-    def zero_at_sent(buf):
-        flat = tf.reshape(buf, [-1])
-        flat = tf.tensor_scatter_nd_update(
-            flat, indices[:, None], tf.zeros(tf.shape(indices), buf.dtype))
-        return tf.reshape(flat, tf.shape(buf))
-
-    residual = zero_at_sent(residual)
+    residual = scatter.zeroed_at(residual, indices)
     if momentum_masking:
-        momentum_buf = zero_at_sent(momentum_buf)
+        momentum_buf = scatter.zeroed_at(momentum_buf, indices)
     return momentum_buf, residual

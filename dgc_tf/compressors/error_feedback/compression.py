@@ -20,6 +20,7 @@ gradient, to an ordinary Keras optimizer.
 import tensorflow as tf
 
 from dgc_tf.compressors.dgc import compression as dgc
+from dgc_tf.ops import scatter
 
 __all__ = ["accumulate", "select", "zero_sent", "summed_gradient"]
 
@@ -50,6 +51,5 @@ def summed_gradient(update, shape):
     """
     if not isinstance(update, tf.IndexedSlices):
         return update
-    size = shape.num_elements()
-    flat = tf.scatter_nd(tf.cast(update.indices, tf.int64)[:, None], update.values, [size])
-    return tf.reshape(flat, shape)
+    return tf.reshape(scatter.dense_at(update.values, update.indices, shape.num_elements()),
+                      shape)

@@ -1,0 +1,87 @@
+"""dgc_tf.ops.scatter: both forms (dense above size / DENSE_FROM entries, scatter below)
+give NumPy's answer, with static counts and with a count known only when the step runs."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dgc_tf.ops import scatter
+
+SHAPE = (64, 48)  # 3072 elements: DENSE_FROM switches at 24 entries
+SIZE = SHAPE[0] * SHAPE[1]
+
+
+def _entries(count, repeats, seed=0):
+    rng = np.random.default_rng(seed)
+    indices = rng.choice(SIZE, size=count, replace=False).astype(np.int32)
+    if repeats:
+        indices[: count // 2] = indices[count // 2: 2 * (count // 2)]  # every index twice
+    values = rng.standard_normal(count).astype(np.float32)
+    return indices, values
+
+
+def _expected_subtract(start, indices, values):
+    flat = start.reshape(-1).astype(np.float64)
+    np.subtract.at(flat, indices, values.astype(np.float64))
+    return flat.reshape(start.shape)
+
+
+# Counts on both sides of the switch (SIZE / DENSE_FROM = 24), and all of it.
+COUNTS = [1, 10, 23, 24, 25, 400, SIZE]
+
+
+@pytest.mark.parametrize("count", COUNTS)
+@pytest.mark.parametrize("repeats", [False, True])
+@pytest.mark.parametrize("static", [True, False])
+def test_subtract_at_matches_numpy(count, repeats, static):
+    if repeats and count < 2:
+        pytest.skip("needs two entries")
+    indices, values = _entries(count, repeats)
+    start = np.random.default_rng(1).standard_normal(SHAPE).astype(np.float32)
+    variable = tf.Variable(start)
+    if static:
+        step = tf.function(lambda i, v: scatter.subtract_at(variable, i, v))
+        step(tf.constant(indices), tf.constant(values))
+    else:  # the warm-up's case: a count only known at run time (tf.cond)
+        step = tf.function(lambda i, v: scatter.subtract_at(variable, i, v),
+                           input_signature=[tf.TensorSpec([None], tf.int32),
+                                            tf.TensorSpec([None], tf.float32)])
+        step(indices, values)
+    np.testing.assert_allclose(variable.numpy(), _expected_subtract(start, indices, values),
+                               rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("count", COUNTS)
+def test_dense_at_sums_repeats(count):
+    indices, values = _entries(count, repeats=True)
+    expected = np.zeros(SIZE, np.float64)
+    np.add.at(expected, indices, values.astype(np.float64))
+    got = scatter.dense_at(tf.constant(values), tf.constant(indices), SIZE)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("count", COUNTS)
+@pytest.mark.parametrize("static", [True, False])
+def test_zeroed_at(count, static):
+    indices, _ = _entries(count, repeats=False)
+    start = np.random.default_rng(2).standard_normal(SHAPE).astype(np.float32)
+    expected = start.copy().reshape(-1)
+    expected[indices] = 0.0
+    if static:
+        got = scatter.zeroed_at(tf.constant(start), tf.constant(indices))
+    else:
+        got = tf.function(scatter.zeroed_at, input_signature=[
+            tf.TensorSpec(SHAPE, tf.float32), tf.TensorSpec([None], tf.int32)])(start, indices)
+    assert got.shape == SHAPE
+    np.testing.assert_array_equal(got.numpy(), expected.reshape(SHAPE))
+
+
+def test_int64_indices_and_empty():
+    variable = tf.Variable(tf.ones([5, 7]))
+    scatter.subtract_at(variable, tf.constant([34, 0], tf.int64), tf.constant([1.0, 2.0]))
+    want = np.ones([5, 7], np.float32)
+    want[4, 6] -= 1.0
+    want[0, 0] -= 2.0
+    np.testing.assert_array_equal(variable.numpy(), want)
+    scatter.subtract_at(variable, tf.zeros([0], tf.int32), tf.zeros([0]))  # VGC may send nothing
+    np.testing.assert_array_equal(variable.numpy(), want)
