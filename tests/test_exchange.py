@@ -212,6 +212,81 @@ def test_four_replicas_auto_takes_the_leader_route_and_matches_reference():
     assert out.stdout.strip().splitlines()[-1].startswith("OK")
 
 
+WARMUP_ROUTES = textwrap.dedent("""
+    import numpy as np, tensorflow as tf
+    from tests import harness  # configures 2 logical CPUs when imported: 4 here, after it
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 4)
+    import dgc_tf.distribute, dgc_tf.keras3
+    from dgc_tf.compression import stage_counts
+    from dgc_tf.distribute import SparseAllGather
+    from dgc_tf.distribute import sparse_all_gather as lib
+    from tests.dgc_reference import DGCReference
+    devices = [f"/cpu:{i}" for i in range(4)]
+    shapes = [(256, 256), (64, 300), (300,)]
+    warmup = 8
+    kwargs = dict(learning_rate=0.1, momentum=0.9, compress_ratio=0.01, warmup_steps=warmup)
+    rng = np.random.default_rng(0)
+    weights = [rng.normal(size=s).astype(np.float32) for s in shapes]
+    strategy = tf.distribute.MirroredStrategy(devices, cross_device_ops=SparseAllGather(devices))
+    run = harness.Run("keras3", dgc_tf.keras3.DGCSGD, kwargs, weights, strategy=strategy)
+    reference = DGCReference(shapes, 4, dtype=np.float32, **kwargs)
+    ops = dgc_tf.distribute.exchange_of(strategy)
+    expected = [w.copy() for w in weights]
+    counts = [stage_counts(256 * 256, 0.01, warmup), stage_counts(64 * 300, 0.01, warmup)]
+    for step in range(warmup + 3):
+        grads = [[rng.normal(size=s).astype(np.float32) / 4 for s in shapes] for _ in range(4)]
+        run.apply(grads)
+        # The warm-up's update is every replica's own top-k (the all-gather's), then a leader's.
+        reference.exchange = "allgather" if step < warmup else "leader"
+        expected = reference.step(expected, grads)
+        for got, want in zip(run.weights(), expected):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=str(step))
+        for j in (0, 1):
+            residuals = harness.local_values(run.optimizer._compressor_slots.at(j).residual)
+            for replica in range(4):
+                np.testing.assert_allclose(residuals[replica], reference.v[replica][j],
+                                           rtol=1e-5, atol=1e-5, err_msg=str(step))
+        # The bytes counted are the route this step really took.
+        stage = min(step * 4 // warmup, 4)
+        expected_bytes = sum(lib.route_bytes(ops.stage_routes[name][stage], 0, c[stage], 4, 4, 4)
+                             for name, c in zip(["w0:0", "w1:0"], counts))
+        expected_bytes += lib.ring_all_reduce_bytes(4 * (300 + 1), 4)  # the bias and the flag
+        got = run.optimizer.compression_stats()["last_bytes_sent"]
+        assert abs(got - expected_bytes) < 1e-6, (step, got, expected_bytes)
+    assert ops.routes == {"w0:0": "leader", "w1:0": "leader"}, ops.routes
+    want = ("allgather",) * 4 + ("leader",)
+    assert all(r == want for r in ops.stage_routes.values()), ops.stage_routes
+    print("OK")
+""")
+
+
+def test_four_replicas_auto_keeps_the_warmup_off_the_leader_route():
+    """"auto" with 4 replicas and a warm-up: the all-gather in the warm-up stages (each
+    stage's own exchange, one tf.switch_case), the leader after it; the reference agrees
+    with the route of each step, and the bytes counted follow it."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", WARMUP_ROUTES], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "OK"
+
+
+def test_auto_routes_per_warmup_stage():
+    counts = [num_selected(4_194_304, d) for d in WARMUP_DENSITIES + (0.001,)]
+    # 8 workers: the warm-up's densest stage goes dense (the all-gather would move 3.5x
+    # dense), the others all-gather, the leader after the warm-up.
+    assert exchange_lib.choose_routes("auto", 4_194_304, counts, 8, 4, 4) == (
+        "dense", "allgather", "allgather", "allgather", "leader")
+    assert exchange_lib.choose_routes("leader", 4_194_304, counts, 8, 4, 4) == ("leader",) * 5
+    # "allgather" is no longer dense for the whole run because of its densest stage.
+    assert exchange_lib.choose_routes("allgather", 4_194_304, counts, 8, 4, 4)[1:] == (
+        "allgather",) * 4
+    assert exchange_lib.choose_routes("auto", 4_194_304, counts[-1:], 8, 4, 4) == ("leader",)
+    assert exchange_lib.route_name(("dense", "allgather", "allgather", "leader")) == (
+        "dense then allgather then leader")
+
+
 def test_dense_route_is_the_allgather_update_exactly():
     """Density 0.6 with 2 replicas: the own top-k travel densely, with the same update."""
     kwargs = dict(learning_rate=0.1, momentum=0.9, compress_ratio=0.6)

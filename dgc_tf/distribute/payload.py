@@ -25,20 +25,25 @@ class CompressedGradient(tf.IndexedSlices):
         `values` were selected, not yet zeroed where they were sent; or None.
       replica_rank: this replica's `replica_id_in_sync_group` (int32 scalar).
       step: the optimizer step (int64 scalar): leaders rotate with it.
-      max_count: the largest entry count this variable sends at any step of its
-        schedule (a Python int), so that the exchange's route, chosen when the
-        step is traced, never moves more bytes than the dense alternative.
+      stage_counts: the entry count of each density stage of this variable's
+        schedule (Python ints; the warm-up's stages, then the count after
+        it; one count without warm-up). The exchange chooses a route per
+        stage when the step is traced, so that no step moves more bytes than
+        the dense alternative.
+      stage: which of `stage_counts` this step sends (int32 scalar, the same
+        on every replica).
       variable_name: the variable's name, for the exchange's record of routes.
     """
 
     def __init__(self, values, indices, dense_shape, residual=None, replica_rank=None,
-                 step=None, max_count=None, variable_name=None):
+                 step=None, stage_counts=None, stage=None, variable_name=None):
         super().__init__(values, indices, dense_shape)
         self.variable_name = variable_name
         self.residual = residual
         self.replica_rank = replica_rank
         self.step = step
-        self.max_count = max_count
+        self.stage_counts = None if stage_counts is None else tuple(stage_counts)
+        self.stage = stage
 
 
 class ReducedGradient(tf.IndexedSlices):
@@ -52,7 +57,10 @@ class ReducedGradient(tf.IndexedSlices):
       applied: the flat indices of THIS replica's residual whose values the sum
         includes: they, and only they, are zeroed after the step (what is not
         applied stays in the residual, so nothing is lost).
-      route: how it travelled: "allgather", "leader" or "dense".
+      route: how it travelled: "allgather", "leader" or "dense"; for a
+        variable whose route changes with its density stage, the routes of
+        its stages joined by " then " (which one this step took is known
+        only when it runs).
     """
 
     def __init__(self, values, indices, dense_shape, applied, route):

@@ -119,7 +119,7 @@ def exchange_of(strategy=None):
       strategy: a `tf.distribute.Strategy`; default: the current one.
     Returns:
       Under dgc_tf's exchange, `SparseAllGather.compressed_exchange` (the
-      worker-level exchange with per-worker compression, whose `route_for`,
+      worker-level exchange with per-worker compression, whose `routes_for`,
       `wire_bytes` and `dense_wire_bytes` then count one replica per worker);
       under another strategy its `CrossDeviceOps`; None where it has none (the
       default strategy, TPU strategies).

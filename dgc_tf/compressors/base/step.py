@@ -90,7 +90,7 @@ def current_exchange(ctx):
     """The `CrossDeviceOps` a replica context's `all_reduce` goes through.
 
     The one place the frame looks at the exchange: the replica steps ask it
-    for its route (`route_for`) and the byte counting for its wire rules.
+    for its routes (`routes_for`) and the byte counting for its wire rules.
 
     Args:
       ctx: the replica context (a worker's, after `compress_per_worker`).

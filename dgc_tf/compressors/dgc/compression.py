@@ -30,8 +30,8 @@ from dgc_tf.ops.scatter import flat_to_coords
 from dgc_tf.ops.topk import index_dtype_for
 
 __all__ = ["WARMUP_DENSITIES", "stage_densities", "density_stage", "density_at", "num_selected",
-           "stage_counts", "selected_count", "local_clip", "momentum_correction", "select",
-           "mask_sent", "flat_to_coords"]
+           "stage_counts", "count_stage", "selected_count", "local_clip", "momentum_correction",
+           "select", "mask_sent", "flat_to_coords"]
 
 # The paper's exponential warm-up: sparsity 75%, 93.75%, 98.4375%, 99.6%.
 WARMUP_DENSITIES = (0.25, 0.0625, 0.015625, 0.00390625)
@@ -53,6 +53,13 @@ def density_stage(step, warmup_steps):
     step = tf.cast(step, tf.int64)
     stage = tf.minimum((step * done) // warmup_steps, done - 1)
     return tf.cast(tf.where(step < warmup_steps, stage, done), tf.int32)
+
+
+def count_stage(step, warmup_steps):
+    """Index into `stage_counts` for optimizer step `step`, an int32 tensor (0 without warm-up)."""
+    if not warmup_steps:
+        return tf.constant(0, tf.int32)
+    return density_stage(step, warmup_steps)
 
 
 def density_at(step, compress_ratio, warmup_steps):

@@ -79,7 +79,8 @@ def compress_and_exchange(config, grads, variables, slots, step):
     # compressed variable and the dense gradients. On a skipped step it still
     # takes part (collectives need everyone) with k zeros, which apply_updates
     # never applies.
-    route_for = getattr(frame.current_exchange(ctx), "route_for", None)  # dgc_tf's exchange only
+    routes_for = getattr(frame.current_exchange(ctx), "routes_for", None)  # dgc_tf's exchange
+    stage = compression.count_stage(step, config.warmup_steps)
     handed, masks_after = [], []
     for grad, var, slot in zip(grads, variables, slots):
         if not slot.compressed:
@@ -88,14 +89,13 @@ def compress_and_exchange(config, grads, variables, slots, step):
             continue
         size = var.shape.num_elements()
         k = compression.selected_count(size, step, config.compress_ratio, config.warmup_steps)
-        max_count = max(compression.stage_counts(size, config.compress_ratio,
-                                                  config.warmup_steps))
+        stage_counts = compression.stage_counts(size, config.compress_ratio, config.warmup_steps)
         # Routes that apply this replica's own selection let the fused step
-        # mask it in place; a leader's route applies other entries, so its
-        # selection leaves the state unmasked and the exchange says below
-        # what to zero.
-        own_selection = route_for is None or route_for(
-            size, max_count, var.dtype, index_dtype_for(size)) != "leader"
+        # mask it in place; a leader's route (in any stage) applies other
+        # entries, so the selection leaves the state unmasked and the exchange
+        # says below what to zero.
+        own_selection = routes_for is None or "leader" not in routes_for(
+            size, stage_counts, var.dtype, index_dtype_for(size))
         values, indices, residual = tf.cond(
             ok,
             lambda grad=grad, slot=slot, k=k, mask=own_selection: (
@@ -110,7 +110,7 @@ def compress_and_exchange(config, grads, variables, slots, step):
         handed.append(CompressedGradient(
             values, indices, tf.constant([size], indices.dtype), residual=residual,
             replica_rank=ctx.replica_id_in_sync_group, step=step,
-            max_count=max_count, variable_name=var.name))
+            stage_counts=stage_counts, stage=stage, variable_name=var.name))
         masks_after.append(not own_selection)
 
     updates, bytes_sent, dense_bytes = frame.exchange(ctx, handed, variables, [flag])
