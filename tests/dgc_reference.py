@@ -21,11 +21,12 @@ One step, with ``t = iterations`` (0-based index of the step being applied), ``l
 4. dense variable: ``g = sum over workers``; exactly ``keras.optimizers.SGD``;
 5. ``iterations += 1``.
 
-With ``exchange="leader"`` (ScaleCom's cyclic local top-k) step 3 differs: for the ``c``-th
-compressed variable (0-based, in variable order) at step ``t`` the leader is worker
-``(t + c) % N``; only the leader's top-k indices ``I`` of its own ``v`` are used, ``G[I] = sum over
-workers of v_w[I]``, and every worker zeroes ``v_w[I]`` (and ``u_w[I]`` with masking); what a
-worker would have selected elsewhere stays in its residual.
+With ``exchange="leader"`` (shared leadership) step 3 differs: with ``m = ceil(k / N)``, the
+indices ``I`` are the union over workers of each worker's own top-``m`` indices of its ``v``;
+``G[I] = sum over workers of v_w[I]`` (each index once), and every worker zeroes ``v_w[I]`` (and
+``u_w[I]`` with masking); what a worker would have selected beyond its share stays in its residual.
+The attribute ``exchange`` may be changed between steps (``"auto"``'s warm-up takes the
+all-gather, then the leader route).
 
 Everything is computed in float64 unless ``dtype`` says otherwise.
 """
@@ -234,7 +235,6 @@ class DGCReference:
             weights = [w - lr * self.weight_decay * w for w in weights]
 
         new_weights = []
-        compressed_seen = 0
         for j in range(nv):
             w = weights[j]
             if self.compressed[j]:
@@ -253,12 +253,14 @@ class DGCReference:
                         u = mom * u + g
                         v = v + u
                     corrected.append((u, v))
-                leader = (t + compressed_seen) % nw
-                compressed_seen += 1
+                if self.exchange == "leader":
+                    share = -(-k // nw)
+                    led = np.unique(np.concatenate(
+                        [topk_by_magnitude(corrected[wk][1], share)[1] for wk in range(nw)]))
                 for wk in range(nw):
                     u, v = corrected[wk]
                     if self.exchange == "leader":
-                        _, idx = topk_by_magnitude(corrected[leader][1], k)
+                        idx = led
                         vals = v.reshape(-1)[idx].copy()
                     else:
                         vals, idx = topk_by_magnitude(v, k)

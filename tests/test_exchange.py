@@ -1,4 +1,4 @@
-"""The exchange's routes (a leader's indices, own top-k gathered, dense) and the fp16 dense baseline.
+"""The exchange's routes (leaders' indices, own top-k gathered, dense) and the fp16 dense baseline.
 
 Against the NumPy reference (tests/dgc_reference.py, `exchange="leader"` for the
 leader's semantics), the conservation of pending gradient, identical replicas,
@@ -135,6 +135,29 @@ def test_leader_route_matches_reference_step_by_step(case):
     assert sorted(routes) == ["w0:0", "w1:0"] and set(routes.values()) == {"leader"}, routes
 
 
+def test_an_index_several_leaders_chose_is_applied_once():
+    """Identical gradients on both replicas: both lead the same indices, which the
+    update must sum once (each replica's value there), not once per leader."""
+    assert exchange_lib.first_occurrence(tf.constant([5, 3, 5, 7, 3])).numpy().tolist() == [
+        True, True, False, True, False]
+    assert [exchange_lib.leader_share(k, 4) for k in (1, 4, 5, 9)] == [1, 1, 2, 3]
+    kwargs = dict(learning_rate=0.1, momentum=0.9, compress_ratio=0.01)
+    rng = np.random.default_rng(5)
+    weights = [rng.normal(size=s).astype(np.float32) for s in SHAPES]
+    run = harness.Run("keras3", dgc_tf.keras3.DGCSGD, kwargs, weights,
+                      strategy=strategy("leader"))
+    reference = DGCReference(SHAPES, harness.NUM_REPLICAS, dtype=np.float32, exchange="leader",
+                             **kwargs)
+    expected = [w.copy() for w in weights]
+    for _ in range(3):
+        same = [rng.normal(size=s).astype(np.float32) / 2 for s in SHAPES]
+        grads = [same] * harness.NUM_REPLICAS
+        run.apply(grads)
+        expected = reference.step(expected, grads)
+        for got, want in zip(run.weights(), expected):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("exchange", ["leader", "allgather"])
 def test_nothing_is_lost_and_replicas_stay_identical(exchange):
     """momentum 0: pending over replicas + applied == every gradient, per element."""
@@ -159,7 +182,7 @@ def test_nothing_is_lost_and_replicas_stay_identical(exchange):
         pending = sum(harness.local_values(run.optimizer._compressor_slots.at(j).residual))
         np.testing.assert_allclose(pending + applied, total[j], rtol=1e-4, atol=1e-4)
         if exchange == "leader":
-            # Each replica kept entries of its own that the leader did not pick.
+            # Each replica kept entries of its own that no leader picked.
             assert all(np.count_nonzero(v) > 0.5 * v.size
                        for v in harness.local_values(run.optimizer._compressor_slots.at(j).residual))
 

@@ -118,7 +118,9 @@ class MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
     @property
     def exchange_routes(self):
         """`{variable name: "allgather" | "leader" | "dense"}` of the compressed
-        variables, as the last traced step routed them (see `SparseAllGather`)."""
+        variables after the sparsity warm-up, as the last traced step routed
+        them (per warm-up stage: `exchange.compressed_exchange.stage_routes`;
+        see `SparseAllGather`)."""
         return dict(self.exchange.compressed_exchange.routes)
 
     def reduce(self, reduce_op, value, axis):

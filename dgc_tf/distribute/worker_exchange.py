@@ -19,7 +19,7 @@ several workers and each has several replicas):
 
 So DGC runs as if each worker were one replica: N in the algorithm is the
 number of workers (local clipping uses `local_clipnorm / sqrt(workers)`, the
-leader route's leader rotates over workers), and the network carries the
+leader route's slots are shared among workers), and the network carries the
 bytes of one replica per worker, whatever the number of local replicas.
 Nothing pending is lost: each worker keeps its residual (as L identical
 copies). A checkpoint of an `ON_READ` residual saves the sum of all copies and
