@@ -177,7 +177,7 @@ def check_per_worker_semantics(workers, exchange, replicas_per_worker):
 
 
 def test_leader_route_once_per_worker_with_two_replicas_each(tmp_path):
-    """2 workers x 2 logical CPUs, exchange="leader": leaders rotate over workers."""
+    """2 workers x 2 logical CPUs, exchange="leader": the workers share the leader slots."""
     workers = per_worker_run(tmp_path, 2, "leader")
     check_per_worker_semantics(workers, "leader", 2)
     assert json.loads(str(workers[0]["routes"])) == {"w0:0": "leader", "w1:0": "leader"}

@@ -85,3 +85,30 @@ def test_int64_indices_and_empty():
     np.testing.assert_array_equal(variable.numpy(), want)
     scatter.subtract_at(variable, tf.zeros([0], tf.int32), tf.zeros([0]))  # VGC may send nothing
     np.testing.assert_array_equal(variable.numpy(), want)
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_apply_sparse_follows_a_stage_dependent_dense_flag(dense):
+    """A variable whose route changes with the warm-up stage gets `dense` as a tensor:
+    a dense sum is subtracted as it is, entries are scattered."""
+    from dgc_tf.compressors.base.step import apply_sparse
+    from dgc_tf.distribute.payload import ReducedGradient
+
+    start = np.random.default_rng(3).standard_normal(SHAPE).astype(np.float32)
+    variable = tf.Variable(start)
+    if dense:
+        values = np.random.default_rng(4).standard_normal(SIZE).astype(np.float32)
+        indices = np.arange(SIZE, dtype=np.int32)
+    else:
+        indices, values = _entries(30, repeats=True)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32),
+                                  tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.bool)])
+    def apply(values, indices, is_dense):
+        update = ReducedGradient(values, indices, tf.constant([SIZE]), applied=indices,
+                                 route="dense then leader", dense=is_dense)
+        apply_sparse(variable, update, tf.constant(0.5))
+
+    apply(values, indices, dense)
+    np.testing.assert_allclose(variable.numpy(), _expected_subtract(start, indices, 0.5 * values),
+                               rtol=1e-6, atol=1e-6)

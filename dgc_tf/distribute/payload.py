@@ -15,6 +15,9 @@ class CompressedGradient(tf.IndexedSlices):
     it is an ordinary `tf.IndexedSlices`, which `tf.distribute` sums correctly
     (by gathering), only with one or two collectives per variable.
 
+    DGC's `indices` come from the selection ops, largest magnitude first: the
+    leader route takes each replica's first ceil(k/N) of them.
+
     DGC's optimizer also passes what lets the exchange choose *which* entries
     are applied (`SparseAllGather`'s "leader" route) instead of summing every
     replica's own selection; a contribution without them (VGC's, or one built
@@ -24,7 +27,6 @@ class CompressedGradient(tf.IndexedSlices):
       residual: this replica's flat accumulated gradient (DGC's `v`) from which
         `values` were selected, not yet zeroed where they were sent; or None.
       replica_rank: this replica's `replica_id_in_sync_group` (int32 scalar).
-      step: the optimizer step (int64 scalar): leaders rotate with it.
       stage_counts: the entry count of each density stage of this variable's
         schedule (Python ints; the warm-up's stages, then the count after
         it; one count without warm-up). The exchange chooses a route per
@@ -36,12 +38,11 @@ class CompressedGradient(tf.IndexedSlices):
     """
 
     def __init__(self, values, indices, dense_shape, residual=None, replica_rank=None,
-                 step=None, stage_counts=None, stage=None, variable_name=None):
+                 stage_counts=None, stage=None, variable_name=None):
         super().__init__(values, indices, dense_shape)
         self.variable_name = variable_name
         self.residual = residual
         self.replica_rank = replica_rank
-        self.step = step
         self.stage_counts = None if stage_counts is None else tuple(stage_counts)
         self.stage = stage
 
@@ -61,12 +62,16 @@ class ReducedGradient(tf.IndexedSlices):
         variable whose route changes with its density stage, the routes of
         its stages joined by " then " (which one this step took is known
         only when it runs).
+      dense: whether `values` is the whole flat sum (`indices` every index, in
+        order): True or False, or a bool tensor where the route changes with
+        the stage. It is then applied as the dense tensor it is.
     """
 
-    def __init__(self, values, indices, dense_shape, applied, route):
+    def __init__(self, values, indices, dense_shape, applied, route, dense=None):
         super().__init__(values, indices, dense_shape)
         self.applied = applied
         self.route = route
+        self.dense = route == "dense" if dense is None else dense
 
 
 def handed_bytes(flat_values, wire_dtype=None):

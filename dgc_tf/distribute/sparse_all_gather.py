@@ -10,7 +10,8 @@ optimizer's finite-gradients flag, metrics) is all-reduced in packs by the
 including `MultiWorkerMirroredStrategy`, which asserts that type.
 
 Each compressed variable travels by one of three routes, chosen per variable
-when the step is traced (`choose_route`), to move the fewest bytes:
+and per warm-up stage when the step is traced (`choose_routes`, below), to
+move the fewest bytes:
 
 * "allgather" (DGC as published, and Horovod's / PaddlePaddle's exchange):
   every replica's own top-k (values and indices, bit-packed into one float32
@@ -18,11 +19,11 @@ when the step is traced (`choose_route`), to move the fewest bytes:
   sum of all replicas' entries. Each worker receives `8k(N-1)` bytes: the
   traffic grows with the number of workers N.
 * "leader" (shared leadership; after ScaleCom's cyclic local top-k, Chen et
-  al., NeurIPS 2020, which has one leader per step): the k index slots of a
-  variable are split among the N replicas, and each fills its share with its
-  own ceil(k/N) largest entries' indices. One all-reduce shares the slots,
-  a second sums every replica's residual values at them (an index two
-  replicas chose is summed once). Both are fixed-shape all-reduces of about
+  al., NeurIPS 2020, which has one leader per step): a variable's index
+  slots (k rounded up to a multiple of N) are split among the N replicas, and
+  each fills its ceil(k/N) with its own largest entries' indices. One
+  all-reduce shares the slots, a second sums every replica's residual values
+  at them (an index two replicas chose is summed once). Both are fixed-shape all-reduces of about
   k words, so each worker moves about `16k(N-1)/N` bytes, flat in N. Every
   replica zeroes exactly the entries that were applied; what it selected
   beyond its share stays in its residual, nothing is lost. A single leader
@@ -391,11 +392,12 @@ class SparseAllGather(cross_device_ops_lib.CollectiveAllReduce):
                 count = tf.size(value.indices, out_type=tf.int64)
                 value_bytes = (self.wire_dtype or value.values.dtype).size
                 size = tf.cast(value.dense_shape[0], tf.int64)
+                routes = self.routes_of(value)
                 per_stage = [tf.cast(route_bytes(r, size, count, self._group_size, value_bytes,
                                                  value_bytes, value.indices.dtype.size),
                                      tf.float64)
-                             for r in self.routes_of(value)]
-                nbytes = (per_stage[0] if len(set(self.routes_of(value))) == 1
+                             for r in routes]
+                nbytes = (per_stage[0] if len(set(routes)) == 1
                           else tf.gather(tf.stack(per_stage), value.stage))
             else:
                 nbytes = ring_all_reduce_bytes(
@@ -438,16 +440,16 @@ class SparseAllGather(cross_device_ops_lib.CollectiveAllReduce):
             def branch():
                 results = self._exchange_by_plan(reduce_op, flat, plan, replica_id, options)
                 # A switch_case returns tensors: a compressed variable's result as
-                # (values, indices, applied), rebuilt below with its route name.
-                return [(r.values, r.indices, r.applied) if i in stage_routes else r
-                        for i, r in enumerate(results)]
+                # (values, indices, applied, dense), rebuilt below with its route name.
+                return [(r.values, r.indices, r.applied, tf.constant(r.dense))
+                         if i in stage_routes else r for i, r in enumerate(results)]
             return branch
 
         with tf.device(self._devices[replica_id]):
             results = tf.switch_case(tf.gather(branch_of_stage, stage),
                                      [run(plan) for plan in distinct])
         results = [ReducedGradient(*r[:2], flat[i].dense_shape, applied=r[2],
-                                   route=route_name(stage_routes[i]))
+                                   route=route_name(stage_routes[i]), dense=r[3])
                    if i in stage_routes else r for i, r in enumerate(results)]
         return nest.pack_sequence_as(value, results)
 

@@ -105,7 +105,7 @@ def _copy(value):
     if isinstance(value, ReducedGradient):
         return ReducedGradient(tf.identity(value.values), tf.identity(value.indices),
                                value.dense_shape, applied=tf.identity(value.applied),
-                               route=value.route)
+                               route=value.route, dense=value.dense)
     if isinstance(value, tf.IndexedSlices):
         return tf.IndexedSlices(tf.identity(value.values), tf.identity(value.indices),
                                 value.dense_shape)

@@ -50,7 +50,7 @@ def compress_step(residual, momentum, grad, k, *, momentum_factor, nesterov=Fals
       momentum_masking: also zero the momentum where v was sent.
       mask_selected: zero what was selected (v, and u with `momentum_masking`).
         False leaves both unmasked: for an exchange that applies other entries
-        than this selection (a leader's), after which the caller masks what
+        than this selection (the leader route's), after which the caller masks what
         was applied.
       sample_ratio: fraction of v sampled for the selection threshold, in (0, 1].
       seed: optional sampling seed (the result does not depend on it).

@@ -235,14 +235,24 @@ def apply_updates(distribution, variables, sgd_momenta, exchanged, learning_rate
 def apply_sparse(var, update, lr):
     """`w -= lr * G` for a flat `tf.IndexedSlices` update.
 
-    An update that travelled densely (a `ReducedGradient` of the dense route)
-    holds every index in order and is subtracted as the dense tensor it is;
-    otherwise the received entries are scattered (`dgc_tf.ops.scatter`).
+    An update that travelled densely (a `ReducedGradient` whose `dense` says
+    so) holds every index in order and is subtracted as the dense tensor it
+    is; otherwise the received entries are scattered (`dgc_tf.ops.scatter`).
     """
-    if getattr(update, "route", None) == "dense":
+    dense = getattr(update, "dense", False)
+
+    def subtract_dense():
         var.assign_sub(tf.reshape(update.values * lr, var.shape))
-    else:
+        return tf.constant(True)
+
+    def subtract_entries():
         scatter.subtract_at(var, update.indices, update.values * lr)
+        return tf.constant(True)
+
+    if isinstance(dense, bool):
+        (subtract_dense if dense else subtract_entries)()
+    else:  # the route changes with the warm-up stage
+        tf.cond(dense, subtract_dense, subtract_entries)
 
 
 def apply_momentum_sgd(var, momentum, grad, lr, momentum_factor, nesterov):

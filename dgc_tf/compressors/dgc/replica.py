@@ -9,8 +9,9 @@ too). One fused compress step (`dgc_tf.ops.compress_step`) does the
 accumulation and selection in place. Where the exchange applies the
 replica's own selection (any strategy but dgc_tf's leader route) it also
 masks what was selected; on the leader route (`SparseAllGather`) the exchange
-applies a leader's indices, so the step leaves the state unmasked and the
-entries the exchange says it applied are zeroed after it.
+applies the leaders' indices, so in the stages that take it the step leaves
+the state unmasked and the entries the exchange says it applied are zeroed
+after it.
 
 The cross-replica half is the frame's `apply_updates`: a scatter for the
 compressed variables, Keras SGD for the rest.
@@ -91,36 +92,54 @@ def compress_and_exchange(config, grads, variables, slots, step):
         k = compression.selected_count(size, step, config.compress_ratio, config.warmup_steps)
         stage_counts = compression.stage_counts(size, config.compress_ratio, config.warmup_steps)
         # Routes that apply this replica's own selection let the fused step
-        # mask it in place; a leader's route (in any stage) applies other
-        # entries, so the selection leaves the state unmasked and the exchange
-        # says below what to zero.
-        own_selection = routes_for is None or "leader" not in routes_for(
-            size, stage_counts, var.dtype, index_dtype_for(size))
+        # mask it in place; the leader route applies the leaders' indices, so
+        # in its stages the selection leaves the state unmasked and the
+        # exchange says below what to zero.
+        routes = (("allgather",) if routes_for is None
+                  else routes_for(size, stage_counts, var.dtype, index_dtype_for(size)))
+        leading = _leader_route_now(routes, stage)
         values, indices, residual = tf.cond(
             ok,
-            lambda grad=grad, slot=slot, k=k, mask=own_selection: (
-                *_compress_step(config, slot, grad, k, mask_selected=mask),
-                tf.reshape(slot.residual, [-1])),
+            lambda grad=grad, slot=slot, k=k, leading=leading: (
+                *_select(config, slot, grad, k, leading), tf.reshape(slot.residual, [-1])),
             lambda grad=grad, slot=slot, k=k: (
                 tf.zeros([k], grad.dtype), tf.zeros([k], index_dtype_for(size)),
                 tf.reshape(slot.residual.read_value(), [-1])))
         values, indices = tf.identity(values), tf.identity(indices)  # placed: see prepare_gradient
-        # The exchange may apply other entries than these (a leader's): it gets
-        # the residual to read them from, and says below what it applied.
+        # The exchange may apply other entries than these (the leaders'): it
+        # gets the residual to read them from, and says below what it applied.
         handed.append(CompressedGradient(
             values, indices, tf.constant([size], indices.dtype), residual=residual,
-            replica_rank=ctx.replica_id_in_sync_group, step=step,
-            stage_counts=stage_counts, stage=stage, variable_name=var.name))
-        masks_after.append(not own_selection)
+            replica_rank=ctx.replica_id_in_sync_group, stage_counts=stage_counts, stage=stage,
+            variable_name=var.name))
+        masks_after.append(leading)
 
     updates, bytes_sent, dense_bytes = frame.exchange(ctx, handed, variables, [flag])
-    for sent, update, slot, mask in zip(handed, updates, slots, masks_after):
-        if mask:
+    for sent, update, slot, leading in zip(handed, updates, slots, masks_after):
+        if leading is not False:
             # Zero what was applied, and only that: the rest stays pending.
             applied = getattr(update, "applied", sent.indices)
-            tf.cond(ok, lambda slot=slot, applied=applied: _mask_applied(config, slot, applied),
+            tf.cond(tf.logical_and(ok, leading),
+                    lambda slot=slot, applied=applied: _mask_applied(config, slot, applied),
                     lambda: tf.constant(False))
     return frame.Exchanged(updates, ok, bytes_sent, dense_bytes)
+
+
+def _leader_route_now(routes, stage):
+    """Whether this step's route is the leader route: a Python bool where every stage
+    agrees, else a bool tensor of the stage (routes may change after the warm-up)."""
+    leading = [route == "leader" for route in routes]
+    if len(set(leading)) == 1:
+        return leading[0]
+    return tf.gather(tf.constant(leading), stage)
+
+
+def _select(config, slot, grad, k, leading):
+    """The fused step, masking what it selected unless the leader route applies other entries."""
+    if isinstance(leading, bool):
+        return _compress_step(config, slot, grad, k, mask_selected=not leading)
+    return tf.cond(leading, lambda: _compress_step(config, slot, grad, k, mask_selected=False),
+                   lambda: _compress_step(config, slot, grad, k, mask_selected=True))
 
 
 def _compress_step(config, slot, grad, k, mask_selected=True):
