@@ -106,16 +106,21 @@ LEADER_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(LEADER_CASES))
-def test_leader_route_matches_reference_step_by_step(case):
-    kwargs = dict(LEADER_CASES[case], learning_rate=0.1)
-    rng = np.random.default_rng(sum(map(ord, case)))
+def leader_run_and_reference(kwargs, rng):
+    """DGCSGD on the leader route over the test's replicas, its reference, the start weights."""
     weights = [rng.normal(size=s).astype(np.float32) for s in SHAPES]
     run = harness.Run("keras3", dgc_tf.keras3.DGCSGD, kwargs, weights,
                       strategy=strategy("leader"))
     reference = DGCReference(SHAPES, harness.NUM_REPLICAS, dtype=np.float32, exchange="leader",
                              **kwargs)
-    expected = [w.copy() for w in weights]
+    return run, reference, [w.copy() for w in weights]
+
+
+@pytest.mark.parametrize("case", sorted(LEADER_CASES))
+def test_leader_route_matches_reference_step_by_step(case):
+    rng = np.random.default_rng(sum(map(ord, case)))
+    run, reference, expected = leader_run_and_reference(
+        dict(LEADER_CASES[case], learning_rate=0.1), rng)
     for step in range(6):
         grads = per_replica_grads(rng, SHAPES)
         run.apply(grads)
@@ -141,14 +146,9 @@ def test_an_index_several_leaders_chose_is_applied_once():
     assert exchange_lib.first_occurrence(tf.constant([5, 3, 5, 7, 3])).numpy().tolist() == [
         True, True, False, True, False]
     assert [exchange_lib.leader_share(k, 4) for k in (1, 4, 5, 9)] == [1, 1, 2, 3]
-    kwargs = dict(learning_rate=0.1, momentum=0.9, compress_ratio=0.01)
     rng = np.random.default_rng(5)
-    weights = [rng.normal(size=s).astype(np.float32) for s in SHAPES]
-    run = harness.Run("keras3", dgc_tf.keras3.DGCSGD, kwargs, weights,
-                      strategy=strategy("leader"))
-    reference = DGCReference(SHAPES, harness.NUM_REPLICAS, dtype=np.float32, exchange="leader",
-                             **kwargs)
-    expected = [w.copy() for w in weights]
+    run, reference, expected = leader_run_and_reference(
+        dict(learning_rate=0.1, momentum=0.9, compress_ratio=0.01), rng)
     for _ in range(3):
         same = [rng.normal(size=s).astype(np.float32) / 2 for s in SHAPES]
         grads = [same] * harness.NUM_REPLICAS
