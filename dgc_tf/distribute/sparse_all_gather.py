@@ -23,14 +23,14 @@ move the fewest bytes:
   slots (k rounded up to a multiple of N) are split among the N replicas, and
   each fills its ceil(k/N) with its own largest entries' indices. One
   all-reduce shares the slots, a second sums every replica's residual values
-  at them (an index two replicas chose is summed once). Both are fixed-shape all-reduces of about
-  k words, so each worker moves about `16k(N-1)/N` bytes, flat in N. Every
-  replica zeroes exactly the entries that were applied; what it selected
-  beyond its share stays in its residual, nothing is lost. A single leader
-  per variable and step (ScaleCom's rule) left each replica's largest
-  entries waiting up to N-1 steps for its turn: on 4 workers (Fashion-MNIST
-  convnet, 20k images, 3 epochs, 2 seeds) it ended 2.7 points below the
-  all-gather on average, shared leadership 0.4 to 0.6 (README).
+  at them (an index two replicas chose is summed once). Both are fixed-shape
+  all-reduces of about k words, so each worker moves about `16k(N-1)/N`
+  bytes, flat in N. Every replica zeroes exactly the entries that were
+  applied; what it selected beyond its share stays in its residual, nothing
+  is lost. A single leader per variable and step (ScaleCom's rule) left each
+  replica's largest entries waiting up to N-1 steps for its turn: on 4
+  workers (Fashion-MNIST convnet, 20k images, 3 epochs, mean of 2 seeds) it
+  ended 2.68 points below the all-gather, shared leadership 0.46 (README).
 * "dense": the replica's own top-k scattered into a dense tensor and summed by
   the dense all-reduce: the update of "allgather" exactly, for `8n(N-1)/N`
   bytes, which is fewer where `kN > n` (warm-up densities, many workers).
@@ -108,10 +108,10 @@ SECOND_ROUND_BYTES = 1024
 
 # Leader indices travel as float32 words through an all-reduce to which only
 # each slot's leader contributes a non-zero word. `x + 0.0 == x` bit for bit
-# for every normal float, so the sum IS the leaders' words; adding 2**23 to an index
-# gives its word an exponent >= 1 (a normal float, never a subnormal, which
-# CPUs running with flush-to-zero would turn into 0). Exact for indices below
-# LEADER_MAX_SIZE (exponent <= 254: never Inf or NaN).
+# for every normal float, so the sum IS the leaders' words; adding 2**23 to an
+# index gives its word an exponent >= 1 (a normal float, never a subnormal,
+# which CPUs running with flush-to-zero would turn into 0). Exact for indices
+# below LEADER_MAX_SIZE (exponent <= 254: never Inf or NaN).
 _INDEX_OFFSET = 1 << 23
 LEADER_MAX_SIZE = 254 << 23
 
