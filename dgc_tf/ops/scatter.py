@@ -26,6 +26,8 @@ import math
 
 import tensorflow as tf
 
+from dgc_tf.ops.static_cond import static_cond
+
 # Entry counts of at least size / DENSE_FROM are scattered densely (the
 # table above: the forms cost the same near 1/100 of the size).
 DENSE_FROM = 128
@@ -37,12 +39,6 @@ def _dense_form(count, size):
     if static is not None:
         return int(static) * DENSE_FROM >= size
     return tf.cast(count, tf.int64) * DENSE_FROM >= size
-
-
-def _either(dense, dense_fn, sparse_fn):
-    if isinstance(dense, bool):
-        return dense_fn() if dense else sparse_fn()
-    return tf.cond(dense, dense_fn, sparse_fn)
 
 
 def flat_to_coords(indices, shape):
@@ -91,7 +87,7 @@ def subtract_at(variable, indices, values):
         variable.scatter_nd_sub(flat_to_coords(indices, shape), values)
         return tf.constant(True)
 
-    return _either(_dense_form(tf.size(indices), size), dense, sparse)
+    return static_cond(_dense_form(tf.size(indices), size), dense, sparse)
 
 
 def zeroed_at(tensor, indices):
@@ -108,5 +104,5 @@ def zeroed_at(tensor, indices):
         return tf.tensor_scatter_nd_update(flat, indices[:, None],
                                            tf.zeros(tf.shape(indices), tensor.dtype))
 
-    return tf.reshape(_either(_dense_form(tf.size(indices), size), dense, sparse),
+    return tf.reshape(static_cond(_dense_form(tf.size(indices), size), dense, sparse),
                       tf.shape(tensor))

@@ -25,6 +25,7 @@ import tensorflow as tf
 from dgc_tf.distribute import worker_exchange
 from dgc_tf.distribute.payload import handed_bytes
 from dgc_tf.ops import scatter
+from dgc_tf.ops.static_cond import static_cond
 
 
 class SlotTable:
@@ -249,10 +250,7 @@ def apply_sparse(var, update, lr):
         scatter.subtract_at(var, update.indices, update.values * lr)
         return tf.constant(True)
 
-    if isinstance(dense, bool):
-        (subtract_dense if dense else subtract_entries)()
-    else:  # the route changes with the warm-up stage
-        tf.cond(dense, subtract_dense, subtract_entries)
+    static_cond(dense, subtract_dense, subtract_entries)  # a tensor where the route changes
 
 
 def apply_momentum_sgd(var, momentum, grad, lr, momentum_factor, nesterov):

@@ -27,6 +27,7 @@ from dgc_tf.compressors.dgc import compression
 from dgc_tf.distribute import worker_exchange
 from dgc_tf.distribute.payload import CompressedGradient
 from dgc_tf.ops.compress_step import compress_step
+from dgc_tf.ops.static_cond import static_cond
 from dgc_tf.ops.topk import index_dtype_for
 
 _NO_XLA = ("DGCSGD cannot run inside an XLA-compiled function: its top-k selection op "
@@ -136,10 +137,9 @@ def _leader_route_now(routes, stage):
 
 def _select(config, slot, grad, k, leading):
     """The fused step, masking what it selected unless the leader route applies other entries."""
-    if isinstance(leading, bool):
-        return _compress_step(config, slot, grad, k, mask_selected=not leading)
-    return tf.cond(leading, lambda: _compress_step(config, slot, grad, k, mask_selected=False),
-                   lambda: _compress_step(config, slot, grad, k, mask_selected=True))
+    return static_cond(leading,
+                       lambda: _compress_step(config, slot, grad, k, mask_selected=False),
+                       lambda: _compress_step(config, slot, grad, k, mask_selected=True))
 
 
 def _compress_step(config, slot, grad, k, mask_selected=True):
