@@ -21,9 +21,10 @@ One step, with ``t = iterations`` (0-based index of the step being applied), ``l
 4. dense variable: ``g = sum over workers``; exactly ``keras.optimizers.SGD``;
 5. ``iterations += 1``.
 
-With ``exchange="leader"`` (shared leadership) step 3 differs: with ``m = ceil(k / N)``, the
-indices ``I`` are the union over workers of each worker's own top-``m`` indices of its ``v``;
-``G[I] = sum over workers of v_w[I]`` (each index once), and every worker zeroes ``v_w[I]`` (and
+With ``exchange="leader"`` (shared leadership) step 3 differs: with ``m = ceil(k / N)`` and
+``c = min(k, m + ceil(m / 2))``, each worker offers its own top-``c`` indices of ``|v|``, largest
+first; the indices ``I`` are the first ``N*m`` distinct ones taken rank by rank (every worker's
+first, every worker's second, ...); ``G[I] = sum over workers of v_w[I]`` (each index once), and every worker zeroes ``v_w[I]`` (and
 ``u_w[I]`` with masking); what a worker would have selected beyond its share stays in its residual.
 The attribute ``exchange`` may be changed between steps (``"auto"``'s warm-up takes the
 all-gather, then the leader route).
@@ -255,8 +256,12 @@ class DGCReference:
                     corrected.append((u, v))
                 if self.exchange == "leader":
                     share = -(-k // nw)
-                    led = np.unique(np.concatenate(
-                        [topk_by_magnitude(corrected[wk][1], share)[1] for wk in range(nw)]))
+                    offered = min(k, share + -(-share // 2))
+                    ranked = np.stack([topk_by_magnitude(corrected[wk][1], offered)[1]
+                                       for wk in range(nw)])
+                    by_rank = ranked.T.reshape(-1)
+                    _, first = np.unique(by_rank, return_index=True)
+                    led = by_rank[np.sort(first)][:share * nw]
                 for wk in range(nw):
                     u, v = corrected[wk]
                     if self.exchange == "leader":

@@ -15,8 +15,8 @@ class CompressedGradient(tf.IndexedSlices):
     it is an ordinary `tf.IndexedSlices`, which `tf.distribute` sums correctly
     (by gathering), only with one or two collectives per variable.
 
-    DGC's `indices` come from the selection ops, largest magnitude first: the
-    leader route takes each replica's first ceil(k/N) of them.
+    DGC's `indices` come from the selection ops, largest magnitude first: on
+    the leader route each replica offers the first of them (`leader_candidates`).
 
     DGC's optimizer also passes what lets the exchange choose *which* entries
     are applied (`SparseAllGather`'s "leader" route) instead of summing every
@@ -26,7 +26,6 @@ class CompressedGradient(tf.IndexedSlices):
     Attributes (besides `tf.IndexedSlices`'s):
       residual: this replica's flat accumulated gradient (DGC's `v`) from which
         `values` were selected, not yet zeroed where they were sent; or None.
-      replica_rank: this replica's `replica_id_in_sync_group` (int32 scalar).
       stage_counts: the entry count of each density stage of this variable's
         schedule (Python ints; the warm-up's stages, then the count after
         it; one count without warm-up). The exchange chooses a route per
@@ -37,12 +36,11 @@ class CompressedGradient(tf.IndexedSlices):
       variable_name: the variable's name, for the exchange's record of routes.
     """
 
-    def __init__(self, values, indices, dense_shape, residual=None, replica_rank=None,
-                 stage_counts=None, stage=None, variable_name=None):
+    def __init__(self, values, indices, dense_shape, residual=None, stage_counts=None,
+                 stage=None, variable_name=None):
         super().__init__(values, indices, dense_shape)
         self.variable_name = variable_name
         self.residual = residual
-        self.replica_rank = replica_rank
         self.stage_counts = None if stage_counts is None else tuple(stage_counts)
         self.stage = stage
 

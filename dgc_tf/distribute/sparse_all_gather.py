@@ -19,18 +19,30 @@ move the fewest bytes:
   sum of all replicas' entries. Each worker receives `8k(N-1)` bytes: the
   traffic grows with the number of workers N.
 * "leader" (shared leadership; after ScaleCom's cyclic local top-k, Chen et
-  al., NeurIPS 2020, which has one leader per step): a variable's index
-  slots (k rounded up to a multiple of N) are split among the N replicas, and
-  each fills its ceil(k/N) with its own largest entries' indices. One
-  all-reduce shares the slots, a second sums every replica's residual values
-  at them (an index two replicas chose is summed once). Both are fixed-shape
-  all-reduces of about k words, so each worker moves about `16k(N-1)/N`
-  bytes, flat in N. Every replica zeroes exactly the entries that were
-  applied; what it selected beyond its share stays in its residual, nothing
-  is lost. A single leader per variable and step (ScaleCom's rule) left each
-  replica's largest entries waiting up to N-1 steps for its turn: on 4
-  workers (Fashion-MNIST convnet, 20k images, 3 epochs, mean of 2 seeds) it
-  ended 2.68 points below the all-gather, shared leadership 0.46 (README).
+  al., NeurIPS 2020, which has one leader per step): k index slots (k
+  rounded up to a multiple of N) are shared among the N replicas. Each sends
+  its `1.5 * ceil(k/N)` largest entries' indices, largest first, in the
+  all-gather that carries the "allgather" route's entries; every replica
+  then takes the same slots from them: every replica's first, then every
+  replica's second, and so on, skipping an index already taken, until the
+  slots are full (`leader_union`). The dense all-reduce sums every replica's
+  residual values at the slots. Each worker moves about `6k(N-1)/N` bytes of
+  indices and `8k(N-1)/N` of values: `14k(N-1)/N`, flat in N. Every replica
+  zeroes exactly the entries that were applied; what it selected beyond
+  them stays in its residual, nothing is lost. Why this form:
+  - One leader per variable and step (ScaleCom's rule) left each replica's
+    largest entries waiting up to N-1 steps for its turn: on 4 workers
+    (Fashion-MNIST convnet, 20k images, 3 epochs, mean of 2 seeds) it ended
+    2.68 points below the all-gather, shared leadership 0.46 (README).
+  - Replicas' largest entries overlap (on the PTB LSTM on 4 workers, 12% of
+    the union of each one's top ceil(k/N) were repeats): the spare
+    candidates fill those slots, so k distinct entries are applied as with
+    one leader.
+  - Indices travel by all-gather, not by an all-reduce of zero-padded slots
+    (this route's first form): a ring all-gather of c words each moves
+    c(N-1) words where the all-reduce of N*c slots moves 2c(N-1), in half
+    the hops, and it shares the collective the "allgather" route launches
+    anyway.
 * "dense": the replica's own top-k scattered into a dense tensor and summed by
   the dense all-reduce: the update of "allgather" exactly, for `8n(N-1)/N`
   bytes, which is fewer where `kN > n` (warm-up densities, many workers).
@@ -41,13 +53,15 @@ Why leaders' indices rather than Ok-Topk's split-and-reduce: TensorFlow's
 replica's chunk; the counts of a replica's entries per index region vary, so
 fixed chunks must be padded to a cap (about 2k/N each), and the owners' global
 re-selection must then be all-gathered: at least about 24k bytes per worker
-against the leader route's 16k, for more code and a third collective. The
-leader route needs nothing but all-reduces of fixed shapes.
+against the leader route's 14k, for more code and a third collective. The
+leader route needs nothing but an all-gather and an all-reduce of fixed shapes.
 
 `exchange` picks the routes allowed: "auto" (default) all three, "leader"
 leader or dense, "allgather" allgather or dense. On equal bytes the order is
-allgather, leader, dense: with 2 replicas "auto" is DGC as published (the
-leader route moves the same bytes there, in two rounds).
+allgather, leader, dense. "auto" takes the leader route only from
+`AUTO_LEADER_MIN_REPLICAS` (3) replicas on: with 2 it would save a quarter
+of the all-gather's bytes (6k against 8k) while applying at most k entries
+where the all-gather applies up to 2k, so 2 replicas run DGC as published.
 
 The route is chosen per variable and per density stage of DGC's warm-up
 (`choose_routes`), each at that stage's count, when the step is traced; the
@@ -101,21 +115,14 @@ EXCHANGES = ("auto", "leader", "allgather")
 ROUTES = ("allgather", "leader", "dense")
 ALLOWED_ROUTES = {"auto": ROUTES, "leader": ("leader", "dense"),
                   "allgather": ("allgather", "dense")}
-# The leader route's second collective (one more pass around the ring) is
-# charged this many bytes when routes are compared: a rough price of its
-# messages' headers and latency, enough that near-ties (16-bit padding with 2
-# replicas, variables of a few entries) keep the one-round route. For the
-# variables that matter (k in the thousands) it changes nothing.
+# "auto" lets the leader route compete from this many replicas on (module docstring).
+AUTO_LEADER_MIN_REPLICAS = 3
+# The leader route's two rounds (its indices' all-gather, then its values in
+# the all-reduce) are charged this many bytes more when routes are compared: a
+# rough price of the messages' headers and latency, enough that near-ties
+# (variables of a few entries) keep the one-round route. For the variables
+# that matter (k in the thousands) it changes nothing.
 SECOND_ROUND_BYTES = 1024
-
-# Leader indices travel as float32 words through an all-reduce to which only
-# each slot's leader contributes a non-zero word. `x + 0.0 == x` bit for bit
-# for every normal float, so the sum IS the leaders' words; adding 2**23 to an
-# index gives its word an exponent >= 1 (a normal float, never a subnormal,
-# which CPUs running with flush-to-zero would turn into 0). Exact for indices
-# below LEADER_MAX_SIZE (exponent <= 254: never Inf or NaN).
-_INDEX_OFFSET = 1 << 23
-LEADER_MAX_SIZE = 254 << 23
 
 
 def ring_all_reduce_bytes(nbytes, group_size):
@@ -138,7 +145,8 @@ def route_bytes(route, size, count, group_size, value_bytes, dense_bytes, index_
       group_size: replicas in the whole group.
       value_bytes: bytes per value on the wire (4 for float32, 2 for float16).
       dense_bytes: bytes per element of the dense route on the wire.
-      index_bytes: bytes per index in the all-gather (4, or 8 for int64).
+      index_bytes: bytes per index in the all-gather (4, or 8 for int64; the
+        "allgather" route pads 16-bit values to words, the others pad nothing).
     Returns:
       The bytes, a float or float64 tensor (ring algorithms, no headers).
     """
@@ -146,27 +154,32 @@ def route_bytes(route, size, count, group_size, value_bytes, dense_bytes, index_
         words = (count * value_bytes + 3) // 4 + (count * index_bytes + 3) // 4
         return ring_all_gather_bytes(4 * words, group_size)
     if route == "leader":
+        # The all-gather of the offered indices and the ring all-reduce of the slots'
+        # values, over one division (integer tensors stay integer until it).
+        offered = leader_candidates(count, group_size)
         slots = leader_share(count, group_size) * group_size
-        return ring_all_reduce_bytes(slots * (4 + value_bytes), group_size)
+        return ((group_size - 1) * (offered * index_bytes * group_size + 2 * slots * value_bytes)
+                / group_size)
     if route == "dense":
         return ring_all_reduce_bytes(size * dense_bytes, group_size)
     raise ValueError(f"unknown route {route!r}")
 
 
-def choose_route(exchange, size, count, group_size, value_bytes, dense_bytes,
-                 index_bytes=4, leader_possible=True):
+def choose_route(exchange, size, count, group_size, value_bytes, dense_bytes, index_bytes=4):
     """The allowed route with the fewest bytes at `count` (ties: `ROUTES` order).
 
-    The leader route pays `SECOND_ROUND_BYTES` for its second collective.
+    The leader route pays `SECOND_ROUND_BYTES` for its second collective;
+    "auto" allows it from `AUTO_LEADER_MIN_REPLICAS` replicas on.
     """
-    allowed = [r for r in ALLOWED_ROUTES[exchange] if r != "leader" or leader_possible]
+    allowed = [r for r in ALLOWED_ROUTES[exchange]
+               if r != "leader" or exchange != "auto" or group_size >= AUTO_LEADER_MIN_REPLICAS]
     cost = {r: route_bytes(r, size, count, group_size, value_bytes, dense_bytes, index_bytes)
             + (SECOND_ROUND_BYTES if r == "leader" else 0) for r in allowed}
     return min(allowed, key=lambda r: (cost[r], ROUTES.index(r)))
 
 
 def choose_routes(exchange, size, stage_counts, group_size, value_bytes, dense_bytes,
-                  index_bytes=4, leader_possible=True):
+                  index_bytes=4):
     """The route of each density stage (module docstring): a tuple like `stage_counts`.
 
     Each stage takes `choose_route` at its own count; "auto" leaves the leader
@@ -175,7 +188,7 @@ def choose_routes(exchange, size, stage_counts, group_size, value_bytes, dense_b
     last = len(stage_counts) - 1
     return tuple(
         choose_route("allgather" if exchange == "auto" and stage < last else exchange, size,
-                     count, group_size, value_bytes, dense_bytes, index_bytes, leader_possible)
+                     count, group_size, value_bytes, dense_bytes, index_bytes)
         for stage, count in enumerate(stage_counts))
 
 
@@ -185,8 +198,33 @@ def route_name(routes):
 
 
 def leader_share(count, group_size):
-    """Slots each replica leads on the leader route: `ceil(count / group_size)`."""
+    """Slots per replica on the leader route: `ceil(count / group_size)`."""
     return (count + group_size - 1) // group_size
+
+
+def leader_candidates(count, group_size):
+    """Indices each replica offers on the leader route: its share and half as many
+    again (to fill the slots of indices several replicas offer), at most `count`."""
+    share = leader_share(count, group_size)
+    offered = share + (share + 1) // 2
+    return min(count, offered) if isinstance(count, int) else tf.minimum(count, offered)
+
+
+def leader_union(offered, slots):
+    """The leader route's slots, taken from every replica's offered indices.
+
+    Args:
+      offered: `[N, c]` indices, row r replica r's c largest entries' indices,
+        largest first.
+      slots: how many to take: `N * leader_share(k, N)`, at most `N * c`.
+    Returns:
+      `[slots]` indices: the distinct ones in the order every replica's first,
+      every replica's second, and so on; where fewer than `slots` are
+      distinct, the first is repeated (`first_occurrence` keeps it once).
+    """
+    by_rank = tf.reshape(tf.transpose(offered), [-1])
+    distinct = tf.boolean_mask(by_rank, first_occurrence(by_rank))[:slots]
+    return tf.concat([distinct, tf.fill([slots - tf.size(distinct)], distinct[0])], 0)
 
 
 def first_occurrence(indices):
@@ -376,10 +414,8 @@ class SparseAllGather(cross_device_ops_lib.CollectiveAllReduce):
           "leader" applies other entries than the replica's own selection.
         """
         value_bytes = (self.wire_dtype or tf.as_dtype(value_dtype)).size
-        index_dtype = tf.as_dtype(index_dtype)
-        return choose_routes(
-            self.exchange, size, stage_counts, self._group_size, value_bytes, value_bytes,
-            index_dtype.size, leader_possible=index_dtype == tf.int32 and size < LEADER_MAX_SIZE)
+        return choose_routes(self.exchange, size, stage_counts, self._group_size, value_bytes,
+                             value_bytes, tf.as_dtype(index_dtype).size)
 
     def wire_bytes(self, flat_values):
         """Bytes a replica puts on the wire when it all-reduces `flat_values` here.
@@ -457,14 +493,14 @@ class SparseAllGather(cross_device_ops_lib.CollectiveAllReduce):
 
     def _exchange_by_plan(self, reduce_op, flat, routes, replica_id, options):
         """The exchange of `flat` with compressed variable i taking `routes[i]`: a flat list."""
+        # One all-gather carries the "allgather" route's entries and the leaders'
+        # indices; then one all-reduce (per dtype) sums the dense tensors, the
+        # dense route's densified entries and the residual values at the
+        # leaders' indices together.
         gathered = [i for i, r in routes.items() if r == "allgather"]
-        gathered_results = self._all_gather_compressed([flat[i] for i in gathered], replica_id,
-                                                       options)
-        # The leaders' indices first; then one all-reduce (per dtype) sums the
-        # dense tensors, the dense route's densified entries and the residual
-        # values at the leaders' indices together.
         led = [i for i, r in routes.items() if r == "leader"]
-        leader_indices = self._share_leader_indices([flat[i] for i in led], replica_id, options)
+        gathered_results, leader_indices = self._all_gather(
+            [flat[i] for i in gathered], [flat[i] for i in led], replica_id, options)
         dense = [i for i in range(len(flat)) if i not in routes or routes[i] == "dense"]
         with tf.device(self._devices[replica_id]):
             to_reduce = [self._densify(flat[i]) if i in routes else flat[i] for i in dense]
@@ -520,52 +556,55 @@ class SparseAllGather(cross_device_ops_lib.CollectiveAllReduce):
         return ReducedGradient(dense_sum, indices, gradient.dense_shape,
                                applied=gradient.indices, route="dense")
 
-    def _all_gather_compressed(self, gradients, replica_id, options):
-        """Every replica's own entries, bit-packed into one buffer, in one all-gather."""
-        if not gradients:
-            return []
-        pieces, specs = [], []
-        for gradient in gradients:
-            values = gradient.values
-            if self.wire_dtype is not None:
-                values = tf.cast(values, self.wire_dtype)
-            count = tf.size(gradient.indices)
-            pieces += [values, gradient.indices]
-            specs += [(values.dtype, count), (gradient.indices.dtype, count)]
-        buffer, word_counts = wire.pack(pieces)
+    def _all_gather(self, gathered, led, replica_id, options):
+        """The "allgather" route's entries and the leaders' indices, in one all-gather.
+
+        A led variable's replicas each offer their `leader_candidates(k, N)`
+        largest entries' indices (the first of their selection, which the
+        selection ops order by magnitude, largest first); `leader_union` takes
+        its `N * leader_share(k, N)` slots from them, the same on every
+        replica. Every piece (values, indices) is bit-packed into one float32
+        buffer of the same layout on every replica, so one collective with no
+        size exchange carries them all.
+
+        Args:
+          gathered: `CompressedGradient`s taking the "allgather" route.
+          led: `CompressedGradient`s taking the "leader" route.
+          replica_id: the local replica's index into `self._devices`.
+          options: a `tf.distribute.experimental.CommunicationOptions`.
+        Returns:
+          `(results, leader_indices)`: a `ReducedGradient` (every replica's
+          entries) per gathered variable, and per led variable its slots'
+          indices (the first of them repeated where too few were distinct).
+        """
+        if not gathered and not led:
+            return [], []
+        n = self._group_size
         with tf.device(self._devices[replica_id]):
+            pieces, specs = [], []
+            for gradient in gathered:
+                values = gradient.values
+                if self.wire_dtype is not None:
+                    values = tf.cast(values, self.wire_dtype)
+                count = tf.size(gradient.indices)
+                pieces += [values, gradient.indices]
+                specs += [(values.dtype, count), (gradient.indices.dtype, count)]
+            for gradient in led:
+                offered = leader_candidates(tf.size(gradient.indices), n)
+                pieces.append(gradient.indices[:offered])
+                specs.append((gradient.indices.dtype, offered))
+            buffer, word_counts = wire.pack(pieces)
             # Same shape on every replica: no size exchange, one collective.
-            gathered = self._launchers[replica_id]._all_gather(buffer, options)
-            gathered = tf.reshape(gathered, [self._group_size, -1])
-            received = wire.unpack(gathered, specs, word_counts)
+            received = self._launchers[replica_id]._all_gather(buffer, options)
+            received = wire.unpack(tf.reshape(received, [n, -1]), specs, word_counts)
         results = []
-        for i, gradient in enumerate(gradients):
+        for i, gradient in enumerate(gathered):
             values = tf.cast(tf.reshape(received[2 * i], [-1]), gradient.values.dtype)
             indices = tf.reshape(received[2 * i + 1], [-1])
             results.append(ReducedGradient(values, indices, gradient.dense_shape,
                                            applied=gradient.indices, route="allgather"))
-        return results
-
-    def _share_leader_indices(self, gradients, replica_id, options):
-        """Each variable's leaders' indices, to every replica, in one all-reduce.
-
-        Replica r leads slots `[r*m, (r+1)*m)` of a variable's `N*m` slots,
-        `m = leader_share(k, N)`, and fills them with its `m` largest entries'
-        indices (the first m of its selection, which the selection ops order
-        by magnitude, largest first). An index may come from several replicas.
-        """
-        if not gradients:
-            return []
-        n = self._group_size
         with tf.device(self._devices[replica_id]):
-            words = []
-            for gradient in gradients:
-                share = leader_share(tf.size(gradient.indices), n)
-                rank = tf.cast(gradient.replica_rank, tf.int32)
-                mine = tf.bitcast(gradient.indices[:share] + _INDEX_OFFSET, tf.float32)
-                words.append(tf.concat([tf.zeros([rank * share], tf.float32), mine,
-                                        tf.zeros([(n - 1 - rank) * share], tf.float32)], 0))
-            counts = [tf.size(w) for w in words]
-            shared = self._launchers[replica_id].all_reduce(tf.concat(words, 0), options=options)
-            shared = tf.split(shared, tf.stack(counts), num=len(words))
-            return [tf.bitcast(w, tf.int32) - _INDEX_OFFSET for w in shared]
+            leader_indices = [
+                leader_union(offered, n * leader_share(tf.size(gradient.indices), n))
+                for gradient, offered in zip(led, received[2 * len(gathered):])]
+        return results, leader_indices

@@ -111,8 +111,7 @@ def compress_and_exchange(config, grads, variables, slots, step):
         # gets the residual to read them from, and says below what it applied.
         handed.append(CompressedGradient(
             values, indices, tf.constant([size], indices.dtype), residual=residual,
-            replica_rank=ctx.replica_id_in_sync_group, stage_counts=stage_counts, stage=stage,
-            variable_name=var.name))
+            stage_counts=stage_counts, stage=stage, variable_name=var.name))
         masks_after.append(leading)
 
     updates, bytes_sent, dense_bytes = frame.exchange(ctx, handed, variables, [flag])
