@@ -140,18 +140,35 @@ def test_leader_route_matches_reference_step_by_step(case):
     assert sorted(routes) == ["w0:0", "w1:0"] and set(routes.values()) == {"leader"}, routes
 
 
-def test_an_index_several_leaders_chose_is_applied_once():
-    """Identical gradients on both replicas: both lead the same indices, which the
-    update must sum once (each replica's value there), not once per leader."""
+def test_leader_slots_are_taken_rank_by_rank_without_repeats():
     assert exchange_lib.first_occurrence(tf.constant([5, 3, 5, 7, 3])).numpy().tolist() == [
         True, True, False, True, False]
     assert [exchange_lib.leader_share(k, 4) for k in (1, 4, 5, 9)] == [1, 1, 2, 3]
     assert [exchange_lib.leader_candidates(k, 4) for k in (1, 4, 5, 9, 40)] == [1, 2, 3, 5, 15]
+    assert exchange_lib.leader_candidates(tf.constant(40), 4).numpy() == 15
     # Rank by rank (5, 5, 3, 7, 9, 3), each index once; too few distinct: the first repeats.
-    union = exchange_lib.leader_union(tf.constant([[5, 3, 9], [5, 7, 3]]), 4)
-    assert union.numpy().tolist() == [5, 3, 7, 9]
-    union = exchange_lib.leader_union(tf.constant([[1, 2], [1, 2]]), 4)
-    assert union.numpy().tolist() == [1, 2, 1, 1]
+    for dtype in (tf.int32, tf.int64):
+        union = exchange_lib.leader_union(tf.constant([[5, 3, 9], [5, 7, 3]], dtype), 4)
+        assert union.dtype == dtype and union.numpy().tolist() == [5, 3, 7, 9]
+        union = exchange_lib.leader_union(tf.constant([[1, 2], [1, 2]], dtype), 4)
+        assert union.numpy().tolist() == [1, 2, 1, 1]
+
+
+def test_a_leader_step_launches_one_all_gather_and_one_all_reduce():
+    """The leaders' indices ride in the all-gather; their values in the dense all-reduce
+    (besides the step's one-word finite flag, agreed before anything is selected)."""
+    rng = np.random.default_rng(2)
+    run, _, _ = leader_run_and_reference(dict(learning_rate=0.1, compress_ratio=0.01), rng)
+    ops = collective_ops(run, per_replica_grads(rng, SHAPES), DEVICES[0])
+    kinds = sorted((op.type, op.inputs[0].shape.as_list() == [1]) for op in ops)
+    assert kinds == [("CollectiveGatherV2", False), ("CollectiveReduceV2", False),
+                     ("CollectiveReduceV2", True)], kinds
+    assert set(exchange_of(run.strategy).routes.values()) == {"leader"}
+
+
+def test_an_index_several_leaders_chose_is_applied_once():
+    """Identical gradients on both replicas: both lead the same indices, which the
+    update must sum once (each replica's value there), not once per leader."""
     rng = np.random.default_rng(5)
     run, reference, expected = leader_run_and_reference(
         dict(learning_rate=0.1, momentum=0.9, compress_ratio=0.01), rng)
