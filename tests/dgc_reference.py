@@ -25,7 +25,7 @@ With ``exchange="leader"`` (shared leadership) step 3 differs: with ``m = ceil(k
 ``c = min(k, m + ceil(m / 2))``, each worker offers its own top-``c`` indices of ``|v|``, largest
 first; the indices ``I`` are the first ``N*m`` distinct ones taken rank by rank (every worker's
 first, every worker's second, ...); ``G[I] = sum over workers of v_w[I]`` (each index once), and every worker zeroes ``v_w[I]`` (and
-``u_w[I]`` with masking); what a worker would have selected beyond its share stays in its residual.
+``u_w[I]`` with masking); what a worker would have selected but is not in ``I`` stays in its residual.
 The attribute ``exchange`` may be changed between steps (``"auto"``'s warm-up takes the
 all-gather, then the leader route).
 

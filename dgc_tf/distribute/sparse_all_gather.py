@@ -33,12 +33,13 @@ move the fewest bytes:
   - One leader per variable and step (ScaleCom's rule) left each replica's
     largest entries waiting up to N-1 steps for its turn: on 4 workers
     (Fashion-MNIST convnet, 20k images, 3 epochs, mean of 2 seeds) it ended
-    2.68 points below the all-gather, shared leadership 0.46 (README).
+    2.68 points below the all-gather, shared leadership 0.30 (README).
   - Replicas' largest entries overlap: on the PTB LSTM on 4 workers, of
     the slots filled with each replica's top ceil(k/N), 12% (embedding and
     softmax) and 3% (LSTM kernels) held an index another replica also
     chose (mean of 60 steps). The spare offers fill those slots, so k
-    distinct entries are applied, as with one leader.
+    distinct entries are applied, as with one leader, unless more than a
+    third of the offered indices repeat (then the repeats are padding).
   - Indices travel by all-gather, not by an all-reduce of zero-padded slots
     (this route's first form): a ring all-gather of c words each moves
     c(N-1) words where the all-reduce of N*c slots moves 2c(N-1), in half
@@ -169,7 +170,7 @@ def route_bytes(route, size, count, group_size, value_bytes, dense_bytes, index_
 def choose_route(exchange, size, count, group_size, value_bytes, dense_bytes, index_bytes=4):
     """The allowed route with the fewest bytes at `count` (ties: `ROUTES` order).
 
-    The leader route pays `SECOND_ROUND_BYTES` for its second collective;
+    The leader route pays `SECOND_ROUND_BYTES` for its second round;
     "auto" allows it from `AUTO_LEADER_MIN_REPLICAS` replicas on.
     """
     allowed = [r for r in ALLOWED_ROUTES[exchange]
@@ -208,7 +209,7 @@ def leader_candidates(count, group_size):
     again (to fill the slots of indices several replicas offer), at most `count`."""
     share = leader_share(count, group_size)
     offered = share + (share + 1) // 2
-    return min(count, offered) if isinstance(count, int) else tf.minimum(count, offered)
+    return tf.minimum(count, offered) if tf.is_tensor(count) else min(count, offered)
 
 
 def leader_union(offered, slots):
@@ -222,6 +223,7 @@ def leader_union(offered, slots):
       `[slots]` indices: the distinct ones in the order every replica's first,
       every replica's second, and so on; where fewer than `slots` are
       distinct, the first is repeated (`first_occurrence` keeps it once).
+      `offered` is never empty: DGC selects at least one entry.
     """
     by_rank = tf.reshape(tf.transpose(offered), [-1])
     distinct = tf.boolean_mask(by_rank, first_occurrence(by_rank))[:slots]
@@ -266,7 +268,8 @@ class SparseAllGather(cross_device_ops_lib.CollectiveAllReduce):
         gradients alike) in half precision, summed in float16 by all-reduces.
       exchange: which routes compressed variables may take (module docstring):
         "auto" (default: the fewest bytes, flat in the number of workers),
-        "leader" (each replica leads k/N indices, values all-reduced) or
+        "leader" (k slots shared among the replicas, filled from each one's
+        largest entries; values all-reduced) or
         "allgather" (every replica's own top-k, as published). Each may fall
         back to a dense all-reduce where that moves fewer bytes.
       per_worker: whether each worker's replicas sum their gradients densely
