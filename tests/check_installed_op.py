@@ -5,7 +5,8 @@ source tree so that the installed package is what is imported).
     python tests/check_installed_op.py 2.19
 
 Fails unless: TensorFlow is still the version asked for (the install did not replace it), the
-compiled op loaded, and it returns the same exact top-k as the pure-TensorFlow fallback.
+compiled op loaded, it returns the same exact top-k as the pure-TensorFlow fallback, and its
+in-place scatter gives TensorFlow's scatter's bits.
 """
 
 import os
@@ -34,6 +35,14 @@ def main(expected_tf):
             ref_values, ref_indices = topk.sampled_topk_tf(x, k)
             np.testing.assert_array_equal(indices.numpy(), ref_indices.numpy())
             np.testing.assert_array_equal(values.numpy(), ref_values.numpy())
+    scatter_flat = _custom_op.load_scatter_flat()
+    assert scatter_flat is not None, "the compiled scatter did not load"
+    ours, theirs = tf.Variable(tf.ones([50, 4])), tf.Variable(tf.ones([50, 4]))
+    indices, updates = tf.constant([3, 199, 3]), tf.constant([0.5, 2.0, 0.25])
+    scatter_flat(ours.handle, indices, updates, subtract=True)
+    tf.raw_ops.ResourceScatterNdSub(ref=theirs.handle, indices=tf.stack(
+        [indices // 4, indices % 4], axis=1), updates=updates)
+    np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
     print(f"dgc_tf {dgc_tf.__version__}: compiled op OK on TensorFlow {tf.__version__} "
           f"({_custom_op.library_path()})")
 

@@ -33,7 +33,7 @@ COUNTS = [1, 10, 23, 24, 25, 400, SIZE]
 @pytest.mark.parametrize("count", COUNTS)
 @pytest.mark.parametrize("repeats", [False, True])
 @pytest.mark.parametrize("static", [True, False])
-def test_subtract_at_matches_numpy(count, repeats, static):
+def test_subtract_at_matches_numpy(scatter_kernel, count, repeats, static):
     if repeats and count < 2:
         pytest.skip("needs two entries")
     indices, values = _entries(count, repeats)
@@ -74,6 +74,35 @@ def test_zeroed_at(count, static):
             tf.TensorSpec(SHAPE, tf.float32), tf.TensorSpec([None], tf.int32)])(start, indices)
     assert got.shape == SHAPE
     np.testing.assert_array_equal(got.numpy(), expected.reshape(SHAPE))
+
+
+@pytest.fixture(params=["compiled", "tensorflow"])
+def scatter_kernel(request, monkeypatch):
+    """Both ways into a variable: the compiled in-place op (when built) and TensorFlow's."""
+    if request.param == "tensorflow":
+        monkeypatch.setattr(scatter._custom_op, "load_scatter_flat", lambda: None)
+    elif scatter._custom_op.load_scatter_flat() is None:
+        pytest.skip("the compiled op library is not built")
+    return request.param
+
+
+@pytest.mark.parametrize("count", COUNTS)
+@pytest.mark.parametrize("static", [True, False])
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
+def test_zero_at_zeroes_a_variable_in_place(scatter_kernel, count, static, index_dtype):
+    """DGC's masking of variables: both forms, repeated indices (padded slots), int64."""
+    indices, _ = _entries(count, repeats=True)
+    indices = indices.astype(index_dtype)
+    start = np.random.default_rng(5).standard_normal(SHAPE).astype(np.float32)
+    variable = tf.Variable(start)
+    expected = start.copy().reshape(-1)
+    expected[indices] = 0.0
+    if static:
+        scatter.zero_at(variable, tf.constant(indices))
+    else:
+        tf.function(lambda i: scatter.zero_at(variable, i),
+                    input_signature=[tf.TensorSpec([None], index_dtype)])(indices)
+    np.testing.assert_array_equal(variable.numpy(), expected.reshape(SHAPE))
 
 
 def test_int64_indices_and_empty():

@@ -1,4 +1,5 @@
-"""Lazy loader for the compiled ops (`_dgc_ops.so`): `DGC>SampledTopK`, `DGC>CompressStep`.
+"""Lazy loader for the compiled ops (`_dgc_ops.so`): `DGC>SampledTopK`, `DGC>CompressStep`,
+`DGC>ScatterFlat`.
 
 `load()` returns a callable `op(x, k, sample_ratio=0.01, seed=None)` that runs
 the compiled selection kernel, and `load_compress_step()` the fused step's ops
@@ -26,7 +27,7 @@ import warnings
 LIBRARY_NAME = "_dgc_ops.so"
 OP_NAME = "DGC>SampledTopK"
 # Ops without a gradient (no_gradient is registered for each once).
-OP_NAMES = (OP_NAME, "DGC>CompressStep", "DGC>SparseCompressStep")
+OP_NAMES = (OP_NAME, "DGC>CompressStep", "DGC>SparseCompressStep", "DGC>ScatterFlat")
 FORCE_FALLBACK_ENV = "DGC_TF_FORCE_FALLBACK"
 REBUILD_ENV = "DGC_TF_REBUILD"
 REBUILD_HINT = "to build it for this TensorFlow, run: python -m dgc_tf.ops.build"
@@ -159,6 +160,17 @@ def load_compress_step():
     if module is None or load() is None or not hasattr(module, "dgc_compress_step"):
         return None
     return module.dgc_compress_step, module.dgc_sparse_compress_step
+
+
+def load_scatter_flat():
+    """The library's in-place scatter `DGC>ScatterFlat` as its generated wrapper, or None.
+
+    None also when `load()` is, and for a library built before the op existed.
+    """
+    module = _module()
+    if module is None or load() is None or not hasattr(module, "dgc_scatter_flat"):
+        return None
+    return module.dgc_scatter_flat
 
 
 def _reset_for_tests():

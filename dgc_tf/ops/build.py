@@ -37,7 +37,9 @@ SOURCE_DIRS = (os.path.join(_PACKAGE_DIR, "cc"),
 CPU_SOURCES = ["sampled_topk/sampled_topk_ops.cc",
                "sampled_topk/sampled_topk_kernels.cc",
                "compress_step/compress_step_ops.cc",
-               "compress_step/compress_step_kernels.cc"]
+               "compress_step/compress_step_kernels.cc",
+               "scatter_flat/scatter_flat_ops.cc",
+               "scatter_flat/scatter_flat_kernels.cc"]
 CUDA_SOURCES = ["sampled_topk/sampled_topk_kernels.cu.cc",
                 "compress_step/compress_step_kernels.cu.cc"]
 

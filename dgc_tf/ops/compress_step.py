@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from dgc_tf.ops import _custom_op
 from dgc_tf.ops.dtypes import KERNEL_DTYPES, index_dtype_for, k_tensor
-from dgc_tf.ops.scatter import flat_to_coords
+from dgc_tf.ops.scatter import zero_at
 from dgc_tf.ops.topk import sampled_topk, sampled_topk_tf
 
 
@@ -108,18 +108,6 @@ def compress_step_tf(residual, momentum, grad, k, *, momentum_factor, nesterov=F
         if momentum is not None and momentum_masking:
             zero_at(momentum, indices)
     return tf.identity(values), tf.identity(indices)
-
-
-def zero_at(variable, indices):
-    """`variable[flat indices] = 0`, in place.
-
-    Through the handle: under a strategy a replica-local (`ON_READ`)
-    variable's handle in replica context is this replica's component, which
-    `scatter_nd_update` on the distributed variable does not offer.
-    """
-    coords = flat_to_coords(indices, variable.shape.as_list())
-    return tf.raw_ops.ResourceScatterNdUpdate(
-        ref=variable.handle, indices=coords, updates=tf.zeros(tf.shape(indices), variable.dtype))
 
 
 def accumulate_tf(residual, momentum, grad, momentum_factor, nesterov):

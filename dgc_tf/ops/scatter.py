@@ -20,12 +20,24 @@ entries keep the scatter, which touches only them. During the sparsity
 warm-up the count is a tensor and the form is chosen per step by `tf.cond`;
 the two forms round repeated indices in a different order (one sum, then
 the subtraction; or one subtraction each) and are otherwise identical.
+
+The scatters into variables (`subtract_at`, `zero_at`) run the compiled
+`DGC>ScatterFlat` where it has a kernel (CPU, the kernel dtypes), with the
+numbers of TensorFlow's `ResourceScatterNd*` kernels but not their side
+effect: those put a variable in copy-on-read mode for good, after which
+every dense read of it copies the whole buffer. On 8 worker processes
+sharing 2 cores (mlp8m, README "Scaling with workers") those copies, of
+the weights in each forward pass and of the residual and momentum after
+each leader step, cost more CPU than the fused selection itself.
+Elsewhere (a GPU, float64, the library missing) TensorFlow's kernels do it.
 """
 
 import math
 
 import tensorflow as tf
 
+from dgc_tf.ops import _custom_op
+from dgc_tf.ops.dtypes import KERNEL_DTYPES
 from dgc_tf.ops.static_cond import static_cond
 
 # Entry counts of at least size / DENSE_FROM are scattered densely (the
@@ -67,6 +79,22 @@ def dense_at(values, indices, size):
     return tf.math.unsorted_segment_sum(values, indices, size)
 
 
+def _scatter_into(variable, indices, updates, subtract):
+    """`variable.flat[indices] -= updates` or `= updates`, in place, entry by entry.
+
+    Through the handle: under a strategy, a replica-local (`ON_READ`)
+    variable's handle in replica context is this replica's component, which
+    `scatter_nd_*` on the distributed variable does not offer.
+    """
+    op = _custom_op.load_scatter_flat()
+    on_gpu = "GPU" in (variable.device or "").upper()
+    if op is not None and variable.dtype in KERNEL_DTYPES and not on_gpu:
+        return op(variable.handle, indices, updates, subtract=subtract)
+    coords = flat_to_coords(indices, variable.shape.as_list())
+    scatter = tf.raw_ops.ResourceScatterNdSub if subtract else tf.raw_ops.ResourceScatterNdUpdate
+    return scatter(ref=variable.handle, indices=coords, updates=updates)
+
+
 def subtract_at(variable, indices, values):
     """`variable.flat[indices] -= values`, in place (repeated indices subtract their sum).
 
@@ -84,7 +112,36 @@ def subtract_at(variable, indices, values):
         return tf.constant(True)
 
     def sparse():
-        variable.scatter_nd_sub(flat_to_coords(indices, shape), values)
+        _scatter_into(variable, indices, values, subtract=True)
+        return tf.constant(True)
+
+    return static_cond(_dense_form(tf.size(indices), size), dense, sparse)
+
+
+def zero_at(variable, indices):
+    """`variable.flat[indices] = 0`, in place (repeated indices are fine).
+
+    DGC's masking where it is not fused into the selection step: after the
+    leader route's exchange, which says what it applied, and in the
+    pure-TensorFlow compress step.
+
+    Args:
+      variable: a `tf.Variable` (a replica-local one: its handle is used).
+      indices: `[count]` flat indices.
+    """
+    size = variable.shape.num_elements()
+    shape = variable.shape.as_list()
+
+    def dense():
+        hit = tf.reshape(dense_at(tf.ones(tf.shape(indices), tf.int32), indices, size), shape)
+        value = tf.raw_ops.ReadVariableOp(resource=variable.handle, dtype=variable.dtype)
+        tf.raw_ops.AssignVariableOp(resource=variable.handle,
+                                    value=tf.where(hit > 0, tf.zeros_like(value), value))
+        return tf.constant(True)
+
+    def sparse():
+        _scatter_into(variable, indices, tf.zeros(tf.shape(indices), variable.dtype),
+                      subtract=False)
         return tf.constant(True)
 
     return static_cond(_dense_form(tf.size(indices), size), dense, sparse)

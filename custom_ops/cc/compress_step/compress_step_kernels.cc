@@ -13,11 +13,10 @@
 #include "compress_step/compress_step_kernels.h"
 
 #include <algorithm>
-#include <cstring>
-#include <type_traits>
 #include <vector>
 
 #include "common/kernel_util.h"
+#include "common/variable_util.h"
 #include "compress_step/compress_step_common.h"
 #include "sampled_topk/sampled_topk_kernels.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -129,32 +128,6 @@ absl::Status CompressStepFunctor<CPUDevice, T, Tindices>::operator()(
 
 namespace {
 
-// Makes the variable's buffer safe to write in place: a buffer still shared
-// with a reader (or a variable in copy-on-read mode) is copied first, as
-// TensorFlow's own ResourceApply* kernels do. Call with the variable locked.
-template <typename Device>
-absl::Status PrepareToWrite(OpKernelContext* ctx, Var* var) {
-  Tensor* tensor = var->tensor();
-  if (!var->copy_on_read_mode.load() && tensor->RefCountIsOne()) {
-    return absl::OkStatus();
-  }
-  Tensor copy;
-  AllocatorAttributes attr;
-  attr.set_gpu_compatible(true);
-  attr.set_nic_compatible(true);
-  TF_RETURN_IF_ERROR(ctx->allocate_temp(tensor->dtype(), tensor->shape(), &copy, attr));
-  const int64_t bytes = tensor->TotalBytes();
-  if (std::is_same<Device, CPUDevice>::value) {
-    std::memcpy(copy.data(), tensor->data(), bytes);
-  } else {
-#if GOOGLE_CUDA
-    TF_RETURN_IF_ERROR(functor::GpuCopyBuffer(ctx, tensor->data(), copy.data(), bytes));
-#endif
-  }
-  *tensor = copy;
-  return absl::OkStatus();
-}
-
 template <typename Device, typename T, typename Tk, typename Tindices, bool kSparse,
           typename Trows = int32>
 class CompressStepOp : public OpKernel {
@@ -199,8 +172,8 @@ class CompressStepOp : public OpKernel {
     std::vector<int64_t> rows;
     OP_REQUIRES_OK(ctx, ReadGradient(ctx, shape, &grad, &num_rows, &rows));
 
-    OP_REQUIRES_OK(ctx, PrepareToWrite<Device>(ctx, residual.get()));
-    if (momentum) OP_REQUIRES_OK(ctx, PrepareToWrite<Device>(ctx, momentum.get()));
+    OP_REQUIRES_OK(ctx, dgc_kernels::PrepareToWrite<Device>(ctx, residual.get()));
+    if (momentum) OP_REQUIRES_OK(ctx, dgc_kernels::PrepareToWrite<Device>(ctx, momentum.get()));
     T* v_data = residual->tensor()->flat<T>().data();
     T* u_data = momentum ? momentum->tensor()->flat<T>().data() : nullptr;
 

@@ -60,10 +60,6 @@ struct CompressStepFunctor<Eigen::GpuDevice, T, Tindices> {
                           int64_t seed, T* u, T* v, T* values,
                           Tindices* indices);
 };
-
-// Device-to-device copy on the op's stream (copy-on-write of a variable).
-absl::Status GpuCopyBuffer(OpKernelContext* ctx, const void* src, void* dst,
-                           int64_t bytes);
 #endif  // GOOGLE_CUDA
 
 }  // namespace functor

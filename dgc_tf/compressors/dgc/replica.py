@@ -26,6 +26,7 @@ from dgc_tf.compressors.base import step as frame
 from dgc_tf.compressors.dgc import compression
 from dgc_tf.distribute import worker_exchange
 from dgc_tf.distribute.payload import CompressedGradient
+from dgc_tf.ops import scatter
 from dgc_tf.ops.compress_step import compress_step
 from dgc_tf.ops.static_cond import static_cond
 from dgc_tf.ops.topk import index_dtype_for
@@ -158,11 +159,12 @@ def _compress_step(config, slot, grad, k, mask_selected=True):
 
 
 def _mask_applied(config, slot, applied):
-    """Zeroes the applied entries of the residual (and, with masking, the momentum)."""
-    v = slot.residual.read_value()
-    u = tf.zeros_like(v) if slot.momentum is None else slot.momentum.read_value()
-    u, v = compression.mask_sent(u, v, applied, config.momentum_masking)
+    """Zeroes the applied entries of the residual (and, with masking, the momentum) in place.
+
+    `compression.mask_sent` on the variables' values, without copying them
+    (`dgc_tf.ops.scatter.zero_at`).
+    """
+    scatter.zero_at(slot.residual, applied)
     if slot.momentum is not None and config.momentum_masking:
-        slot.momentum.assign(u)
-    slot.residual.assign(v)
+        scatter.zero_at(slot.momentum, applied)
     return tf.constant(True)
