@@ -121,9 +121,9 @@ def subtract_at(variable, indices, values):
 def zero_at(variable, indices):
     """`variable.flat[indices] = 0`, in place (repeated indices are fine).
 
-    DGC's masking where it is not fused into the selection step: after the
-    leader route's exchange, which says what it applied, and in the
-    pure-TensorFlow compress step.
+    Masking where it is not fused into the selection step: DGC's after the
+    leader route's exchange (which says what it applied) and in the
+    pure-TensorFlow compress step, and VGC's reset of what it sent.
 
     Args:
       variable: a `tf.Variable` (a replica-local one: its handle is used).

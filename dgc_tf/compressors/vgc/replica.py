@@ -26,7 +26,7 @@ import tensorflow as tf
 from dgc_tf.compressors.base import step as frame
 from dgc_tf.compressors.vgc import compression
 from dgc_tf.distribute.payload import CompressedGradient
-from dgc_tf.ops.compress_step import zero_at
+from dgc_tf.ops.scatter import zero_at
 from dgc_tf.ops.topk import index_dtype_for
 
 # Per compressed variable the size table carries its count as two float32
