@@ -21,6 +21,7 @@ from dgc_tf.distribute import MultiWorkerMirroredStrategy, SparseAllGather, exch
 from dgc_tf.distribute import configure_logical_cpus
 from dgc_tf.distribute import sparse_all_gather as exchange_lib
 from dgc_tf.compression import WARMUP_DENSITIES, num_selected
+from dgc_tf.ops import _custom_op
 from tests import harness
 from tests.dgc_reference import DGCReference
 from tests.test_distribute import collective_ops
@@ -138,6 +139,31 @@ def test_leader_route_matches_reference_step_by_step(case):
                                            err_msg=f"{case}: momentum {j}/{replica}, {step}")
     routes = exchange_of(run.strategy).routes
     assert sorted(routes) == ["w0:0", "w1:0"] and set(routes.values()) == {"leader"}, routes
+
+
+def test_leader_steps_leave_weights_and_state_out_of_copy_on_read_mode():
+    """The scatters into variables (the weight update, the masking after the exchange) are
+    in place without TensorFlow's copy-on-read mode, in which every later read of a
+    variable (each forward pass) copies it whole (`DGC>ScatterFlat`)."""
+    from tests.test_scatter_flat_op import shares_buffer_with_readers
+
+    if _custom_op.load_scatter_flat() is None:
+        if os.environ.get("DGC_TF_REQUIRE_OP", "").strip().lower() in ("1", "true", "yes", "on"):
+            pytest.fail("DGC_TF_REQUIRE_OP=1 but the compiled op library is not built")
+        pytest.skip("the compiled op library is not built")
+    rng = np.random.default_rng(4)
+    # Few entries (k = 2), so that TensorFlow's kernels would scatter rather than
+    # take the dense form: this test fails with them.
+    run, _, _ = leader_run_and_reference(dict(learning_rate=0.1, compress_ratio=0.001), rng)
+    for _ in range(2):
+        run.apply(per_replica_grads(rng, SHAPES))
+    slots = [run.optimizer._compressor_slots.at(j) for j in (0, 1)]
+    components = {
+        "weights": [c for v in run.variables[:2] for c in getattr(v, "value", v).values],
+        "residuals": [c for slot in slots for c in slot.residual.values],
+        "momenta": [c for slot in slots for c in slot.momentum.values]}
+    for what, variables in components.items():
+        assert variables and all(shares_buffer_with_readers(c) for c in variables), what
 
 
 def test_leader_slots_are_taken_rank_by_rank_without_repeats():

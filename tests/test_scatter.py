@@ -1,5 +1,9 @@
 """dgc_tf.ops.scatter: both forms (dense above size / DENSE_FROM entries, scatter below)
-give NumPy's answer, with static counts and with a count known only when the step runs."""
+give NumPy's answer, with static counts and with a count known only when the step runs;
+into variables, both ways: the compiled in-place scatter (one form at every count) and
+TensorFlow's kernels (both forms)."""
+
+import os
 
 import numpy as np
 import pytest
@@ -82,6 +86,8 @@ def scatter_kernel(request, monkeypatch):
     if request.param == "tensorflow":
         monkeypatch.setattr(scatter._custom_op, "load_scatter_flat", lambda: None)
     elif scatter._custom_op.load_scatter_flat() is None:
+        if os.environ.get("DGC_TF_REQUIRE_OP", "").strip().lower() in ("1", "true", "yes", "on"):
+            pytest.fail("DGC_TF_REQUIRE_OP=1 but the compiled op library is not built")
         pytest.skip("the compiled op library is not built")
     return request.param
 

@@ -48,7 +48,7 @@ def _data_pointer(tensor):
     return ctypes.cast(get_pointer(capsule, b"dltensor"), ctypes.POINTER(ctypes.c_void_p))[0]
 
 
-def _shares_buffer_with_readers(variable):
+def shares_buffer_with_readers(variable):
     """Whether two reads alias the variable's buffer (dense mode) or are copies of it."""
     reads = [tf.raw_ops.ReadVariableOp(resource=variable.handle, dtype=variable.dtype)
              for _ in range(2)]  # both alive, so a copy cannot reuse the first's memory
@@ -77,8 +77,8 @@ def test_keeps_the_variable_in_dense_mode_where_tensorflows_scatter_does_not(op)
     scatter.subtract_at(ours, tf.constant(indices), tf.constant(values))
     scatter.zero_at(ours, tf.constant(indices))
     theirs.scatter_nd_sub(scatter.flat_to_coords(tf.constant(indices), SHAPE), values)
-    assert _shares_buffer_with_readers(ours)
-    assert not _shares_buffer_with_readers(theirs)
+    assert shares_buffer_with_readers(ours)
+    assert not shares_buffer_with_readers(theirs)
 
 
 def test_a_value_read_before_is_not_disturbed(op):

@@ -53,12 +53,20 @@ def sources():
 
 
 def cache_key():
-    """`tf<version>-<hash of TensorFlow's compile and link flags>`: a library
-    built for one key loads into any TensorFlow with the same key."""
+    """`tf<version>-<hash of TensorFlow's flags and of the op sources>`: a library
+    built for one key loads into any TensorFlow with the same key, and a newer
+    dgc_tf (other sources, maybe another op) never picks up an older build."""
     import tensorflow as tf
 
-    flags = "\n".join(tf.sysconfig.get_compile_flags() + tf.sysconfig.get_link_flags())
-    return f"tf{tf.__version__}-{hashlib.sha256(flags.encode()).hexdigest()[:12]}"
+    digest = hashlib.sha256(
+        "\n".join(tf.sysconfig.get_compile_flags() + tf.sysconfig.get_link_flags()).encode())
+    source_dir = sources()
+    if source_dir is not None:
+        for root, _, files in sorted(os.walk(source_dir)):
+            for name in sorted(files):
+                with open(os.path.join(root, name), "rb") as f:
+                    digest.update(name.encode() + b"\0" + f.read())
+    return f"tf{tf.__version__}-{digest.hexdigest()[:12]}"
 
 
 def cached_library_path():

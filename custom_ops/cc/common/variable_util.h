@@ -32,8 +32,15 @@ absl::Status GpuCopyBuffer(OpKernelContext* ctx, const void* src, void* dst,
 namespace dgc_kernels {
 
 // Makes the variable's buffer safe to write in place: a buffer still shared
-// with a reader (or a variable in copy-on-read mode) is copied first, as
-// TensorFlow's own ResourceApply* kernels do. Call with the variable locked.
+// with a reader is copied first. Call with the variable locked EXCLUSIVELY.
+//
+// TensorFlow's ResourceApply* kernels also copy whenever the variable is in
+// copy-on-read mode, because with `use_locking=False` they write under a
+// shared lock, beside a ResourceGather reading the buffer in place. The ops
+// that call this hold the exclusive lock, so no such reader runs, and in
+// copy-on-read mode readers hold copies, not the buffer: the reference count
+// alone decides. (An embedding gathered every forward pass stays in that mode;
+// copying it whole on every write would cost more than TensorFlow's scatter.)
 //
 // Unlike TensorFlow's scatter kernels, the ops that call this never put the
 // variable in copy-on-read mode: that mode is permanent, and from then on
@@ -41,9 +48,7 @@ namespace dgc_kernels {
 template <typename Device>
 absl::Status PrepareToWrite(OpKernelContext* ctx, Var* var) {
   Tensor* tensor = var->tensor();
-  if (!var->copy_on_read_mode.load() && tensor->RefCountIsOne()) {
-    return absl::OkStatus();
-  }
+  if (tensor->RefCountIsOne()) return absl::OkStatus();
   Tensor copy;
   AllocatorAttributes attr;
   attr.set_gpu_compatible(true);

@@ -32,8 +32,9 @@ route (u and v zeroed where the exchange applied).
 ResourceScatterNdSub / ResourceScatterNdUpdate do the same, but put the
 variable in copy-on-read mode for good: from then on every dense read of it
 (the model's forward pass, DGC>CompressStep) copies the whole buffer. This
-op keeps the variable in its dense mode, copying its buffer only while a
-reader still holds it (as ResourceApply* kernels do).
+op keeps the variable in its dense mode, and copies its buffer only while a
+reader still holds it (under the variable's exclusive lock it need not copy,
+as ResourceApply* kernels do, whenever the variable is in copy-on-read mode).
 
 resource: a resource variable of dtype T (any shape; indexed row-major).
 indices: [count] flat indices in [0, size); repeats are applied in turn.

@@ -14,7 +14,7 @@ A compressor's step is split where tf.distribute splits it:
   Keras SGD's momentum; `StepCounters.record` keeps the running totals.
 
 The Keras classes own the variables; everything here mutates them only
-through `assign*` / `scatter_nd_sub`.
+through `assign*` / `dgc_tf.ops.scatter.subtract_at`.
 """
 
 import dataclasses
