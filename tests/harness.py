@@ -1,5 +1,7 @@
-"""Drives DGCSGD of either Keras flavour with chosen per-replica gradients."""
+"""Drives DGCSGD of either Keras flavour with chosen per-replica gradients; what the
+tests of the compiled ops share."""
 
+import ctypes
 import functools
 import os
 import shutil
@@ -7,6 +9,7 @@ import subprocess
 import tempfile
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tests.conftest import NUM_REPLICAS
@@ -38,6 +41,31 @@ def assert_cuda_sources_compile(kernel, standalone, timeout):
             assert p.returncode == 0, f"{' '.join(cmd)}\n{out[-5000:]}"
         assert os.path.getsize(os.path.join(tmp, "kernels.cu.o")) > 0
         assert os.path.exists(binary)
+
+
+def skip_without_op(reason="the compiled op library is not built"):
+    """Skips a test of the compiled ops for want of them, or fails it under
+    `DGC_TF_REQUIRE_OP=1` (set by `make test`: there a missing library is a failed build)."""
+    if os.environ.get("DGC_TF_REQUIRE_OP", "").strip().lower() in ("1", "true", "yes", "on"):
+        pytest.fail("DGC_TF_REQUIRE_OP=1 but " + reason)
+    pytest.skip(reason)
+
+
+def _data_pointer(tensor):
+    """The address of an eager CPU tensor's buffer (its DLPack view shares it)."""
+    get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+    get_pointer.restype, get_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+    capsule = tf.experimental.dlpack.to_dlpack(tensor)
+    # DLManagedTensor starts with DLTensor, which starts with `void* data`.
+    return ctypes.cast(get_pointer(capsule, b"dltensor"), ctypes.POINTER(ctypes.c_void_p))[0]
+
+
+def shares_buffer_with_readers(variable):
+    """Whether two reads alias the variable's buffer (dense mode) or are copies of it
+    (TensorFlow's copy-on-read mode, set for good by its scatter and gather kernels)."""
+    reads = [tf.raw_ops.ReadVariableOp(resource=variable.handle, dtype=variable.dtype)
+             for _ in range(2)]  # both alive, so a copy cannot reuse the first's memory
+    return _data_pointer(reads[0]) == _data_pointer(reads[1])
 
 
 @functools.lru_cache(maxsize=None)

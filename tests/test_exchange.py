@@ -145,12 +145,8 @@ def test_leader_steps_leave_weights_and_state_out_of_copy_on_read_mode():
     """The scatters into variables (the weight update, the masking after the exchange) are
     in place without TensorFlow's copy-on-read mode, in which every later read of a
     variable (each forward pass) copies it whole (`DGC>ScatterFlat`)."""
-    from tests.test_scatter_flat_op import shares_buffer_with_readers
-
     if _custom_op.load_scatter_flat() is None:
-        if os.environ.get("DGC_TF_REQUIRE_OP", "").strip().lower() in ("1", "true", "yes", "on"):
-            pytest.fail("DGC_TF_REQUIRE_OP=1 but the compiled op library is not built")
-        pytest.skip("the compiled op library is not built")
+        harness.skip_without_op()
     rng = np.random.default_rng(4)
     # Few entries (k = 2), so that TensorFlow's kernels would scatter rather than
     # take the dense form: this test fails with them.
@@ -163,7 +159,7 @@ def test_leader_steps_leave_weights_and_state_out_of_copy_on_read_mode():
         "residuals": [c for slot in slots for c in slot.residual.values],
         "momenta": [c for slot in slots for c in slot.momentum.values]}
     for what, variables in components.items():
-        assert variables and all(shares_buffer_with_readers(c) for c in variables), what
+        assert variables and all(harness.shares_buffer_with_readers(c) for c in variables), what
 
 
 def test_leader_slots_are_taken_rank_by_rank_without_repeats():

@@ -8,7 +8,6 @@ paths of the fused compress step: the compiled `DGC>CompressStep` kernel and
 the pure-TensorFlow fallback.
 """
 
-import os
 
 import numpy as np
 import pytest
@@ -39,9 +38,7 @@ def path(request, monkeypatch):
     if request.param == "fallback":
         monkeypatch.setattr(_custom_op, "load", lambda: None)
     elif _custom_op.load_compress_step() is None:
-        if os.environ.get("DGC_TF_REQUIRE_OP", "").strip().lower() in ("1", "true", "yes", "on"):
-            pytest.fail("DGC_TF_REQUIRE_OP=1 but the compiled op library is not built")
-        pytest.skip("the compiled op library is not built")
+        harness.skip_without_op()
     return request.param
 
 

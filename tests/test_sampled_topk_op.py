@@ -24,10 +24,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DTYPES = [tf.float32, tf.float16, tf.bfloat16]
 
 
-def _require_op():
-    return os.environ.get("DGC_TF_REQUIRE_OP", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 @pytest.fixture(scope="module")
 def compiled_op():
     op = _custom_op.load()
@@ -35,9 +31,7 @@ def compiled_op():
         reason = (f"the compiled op is not available ({_custom_op.library_path()} missing, "
                   f"not loadable, or {_custom_op.FORCE_FALLBACK_ENV}=1); "
                   "build it with `pip install --no-build-isolation -e .`")
-        if _require_op():
-            pytest.fail("DGC_TF_REQUIRE_OP=1 but " + reason)
-        pytest.skip(reason)
+        harness.skip_without_op(reason)
     return op
 
 

@@ -3,13 +3,12 @@ give NumPy's answer, with static counts and with a count known only when the ste
 into variables, both ways: the compiled in-place scatter (one form at every count) and
 TensorFlow's kernels (both forms)."""
 
-import os
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from dgc_tf.ops import scatter
+from tests import harness
 
 SHAPE = (64, 48)  # 3072 elements: DENSE_FROM switches at 24 entries
 SIZE = SHAPE[0] * SHAPE[1]
@@ -86,9 +85,7 @@ def scatter_kernel(request, monkeypatch):
     if request.param == "tensorflow":
         monkeypatch.setattr(scatter._custom_op, "load_scatter_flat", lambda: None)
     elif scatter._custom_op.load_scatter_flat() is None:
-        if os.environ.get("DGC_TF_REQUIRE_OP", "").strip().lower() in ("1", "true", "yes", "on"):
-            pytest.fail("DGC_TF_REQUIRE_OP=1 but the compiled op library is not built")
-        pytest.skip("the compiled op library is not built")
+        harness.skip_without_op()
     return request.param
 
 

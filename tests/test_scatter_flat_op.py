@@ -8,14 +8,13 @@ of the compiled kernel skip when the library is not built, unless
 `DGC_TF_REQUIRE_OP=1`.
 """
 
-import ctypes
-import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from dgc_tf.ops import _custom_op, scatter
+from tests import harness
 
 SHAPE = (40, 30)
 SIZE = SHAPE[0] * SHAPE[1]
@@ -25,9 +24,7 @@ SIZE = SHAPE[0] * SHAPE[1]
 def op():
     op = _custom_op.load_scatter_flat()
     if op is None:
-        if os.environ.get("DGC_TF_REQUIRE_OP", "").strip().lower() in ("1", "true", "yes", "on"):
-            pytest.fail("DGC_TF_REQUIRE_OP=1 but the compiled op library is not built")
-        pytest.skip("the compiled op library is not built")
+        harness.skip_without_op()
     return op
 
 
@@ -37,22 +34,6 @@ def _entries(count, dtype, index_dtype, seed=0):
     indices[: count // 3] = indices[count // 3: 2 * (count // 3)]  # repeats
     indices[-1] = SIZE - 1
     return indices, rng.standard_normal(count).astype(dtype)
-
-
-def _data_pointer(tensor):
-    """The address of an eager CPU tensor's buffer (its DLPack view shares it)."""
-    get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
-    get_pointer.restype, get_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
-    capsule = tf.experimental.dlpack.to_dlpack(tensor)
-    # DLManagedTensor starts with DLTensor, which starts with `void* data`.
-    return ctypes.cast(get_pointer(capsule, b"dltensor"), ctypes.POINTER(ctypes.c_void_p))[0]
-
-
-def shares_buffer_with_readers(variable):
-    """Whether two reads alias the variable's buffer (dense mode) or are copies of it."""
-    reads = [tf.raw_ops.ReadVariableOp(resource=variable.handle, dtype=variable.dtype)
-             for _ in range(2)]  # both alive, so a copy cannot reuse the first's memory
-    return _data_pointer(reads[0]) == _data_pointer(reads[1])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, tf.bfloat16.as_numpy_dtype])
@@ -77,8 +58,8 @@ def test_keeps_the_variable_in_dense_mode_where_tensorflows_scatter_does_not(op)
     scatter.subtract_at(ours, tf.constant(indices), tf.constant(values))
     scatter.zero_at(ours, tf.constant(indices))
     theirs.scatter_nd_sub(scatter.flat_to_coords(tf.constant(indices), SHAPE), values)
-    assert shares_buffer_with_readers(ours)
-    assert not shares_buffer_with_readers(theirs)
+    assert harness.shares_buffer_with_readers(ours)
+    assert not harness.shares_buffer_with_readers(theirs)
 
 
 def test_a_value_read_before_is_not_disturbed(op):

@@ -155,10 +155,9 @@ def zero_at(variable, indices):
     shape = variable.shape.as_list()
 
     def dense():
-        hit = tf.reshape(dense_at(tf.ones(tf.shape(indices), tf.int32), indices, size), shape)
         value = tf.raw_ops.ReadVariableOp(resource=variable.handle, dtype=variable.dtype)
         tf.raw_ops.AssignVariableOp(resource=variable.handle,
-                                    value=tf.where(hit > 0, tf.zeros_like(value), value))
+                                    value=_zeroed_where_hit(value, indices))
         return tf.constant(True)
 
     def sparse():
@@ -169,6 +168,12 @@ def zero_at(variable, indices):
     static_cond(_dense_form(tf.size(indices), size), dense, sparse)
 
 
+def _zeroed_where_hit(tensor, indices):
+    """`tensor` with its flat `indices` zeroed, in one element-wise pass (the dense form)."""
+    hit = dense_at(tf.ones(tf.shape(indices), tf.int32), indices, tensor.shape.num_elements())
+    return tf.where(tf.reshape(hit, tf.shape(tensor)) > 0, tf.zeros_like(tensor), tensor)
+
+
 def zeroed_at(tensor, indices):
     """`tensor` with its flat `indices` set to zero (a new tensor of the same shape)."""
     tensor = tf.convert_to_tensor(tensor)
@@ -176,8 +181,7 @@ def zeroed_at(tensor, indices):
     size = tensor.shape.num_elements()
 
     def dense():
-        hit = dense_at(tf.ones(tf.shape(indices), tf.int32), indices, size)
-        return tf.where(hit > 0, tf.zeros_like(flat), flat)
+        return _zeroed_where_hit(flat, indices)
 
     def sparse():
         return tf.tensor_scatter_nd_update(flat, indices[:, None],
