@@ -136,6 +136,45 @@ def test_skipped_steps_warn_once_with_the_count_and_reach_the_logs(flavour):
     assert int(model.optimizer.skipped_steps.numpy()) == 4
 
 
+@pytest.mark.parametrize("optimizer", [
+    "dgc_tf.DGCSGD(learning_rate=0.1, momentum=0.9, min_compress_size=8)",
+    "dgc_tf.TopKErrorFeedback(keras.optimizers.SGD(0.1), min_compress_size=8)"])
+def test_a_custom_loop_traces_without_autograph_warnings(optimizer):
+    """The README's custom loop (`strategy.run` in a `tf.function`), in a new process:
+    AutoGraph converts the optimizer's methods there, and a failure shows as a
+    warning asking the user to report it to the TensorFlow team."""
+    out = run_python(f"""
+        import logging
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        import keras, dgc_tf
+        messages = []
+        handler = logging.Handler()
+        handler.emit = lambda record: messages.append(record.getMessage())
+        logging.getLogger("tensorflow").addHandler(handler)
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        with strategy.scope():
+            model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+            optimizer = {optimizer}
+            optimizer.build(model.trainable_variables)
+        x = tf.ones((8, 8))
+        def replica_step():
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(model(x) ** 2)
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        @tf.function
+        def step():
+            strategy.run(replica_step)
+        step()
+        print("iterations", int(optimizer.iterations.numpy()))
+        print("autograph", [m for m in messages if "AutoGraph" in m])
+        """)
+    assert "iterations 1" in out, out
+    assert "autograph []" in out, out
+
+
 def test_compression_stats_callback_works_for_vgc():
     import keras
 

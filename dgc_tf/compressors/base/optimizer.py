@@ -68,6 +68,10 @@ class CompressorMixin:
 
     def _record_step(self, distribution, exchanged):
         """Cross-replica: a method's own counters (none by default)."""
+        # A statement, not only a docstring: AutoGraph converts this method in a
+        # custom loop's step and fails on an empty body, with a warning that asks
+        # users to report it to the TensorFlow team.
+        del distribution, exchanged
 
     def _require_float(self, variable, label):
         """Compressors accumulate fractions: integer variables are refused at build."""
