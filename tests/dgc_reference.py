@@ -21,7 +21,7 @@ One step, with ``t = iterations`` (0-based index of the step being applied), ``l
 4. dense variable: ``g = sum over workers``; exactly ``keras.optimizers.SGD``;
 5. ``iterations += 1``.
 
-With ``exchange="leader"`` (shared leadership) step 3 differs: with ``m = ceil(k / N)`` and
+With ``exchange="leader"`` (shared leadership) step 3 differs: with ``m = ceil(k / max(N-1, 1))`` and
 ``c = min(k, m + ceil(m / 2))``, each worker offers its own top-``c`` indices of ``|v|``, largest
 first; the indices ``I`` are the first ``N*m`` distinct ones taken rank by rank (every worker's
 first, every worker's second, ...); ``G[I] = sum over workers of v_w[I]`` (each index once), and every worker zeroes ``v_w[I]`` (and
@@ -255,7 +255,7 @@ class DGCReference:
                         v = v + u
                     corrected.append((u, v))
                 if self.exchange == "leader":
-                    share = -(-k // nw)
+                    share = -(-k // max(nw - 1, 1))
                     offered = min(k, share + -(-share // 2))
                     ranked = np.stack([topk_by_magnitude(corrected[wk][1], offered)[1]
                                        for wk in range(nw)])

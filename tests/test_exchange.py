@@ -82,7 +82,9 @@ def test_leader_bytes_stay_flat_as_workers_grow():
     size, k = 6_300_000, 6300
     leader = [exchange_lib.route_bytes("leader", size, k, n, 4, 4) for n in (2, 8, 64)]
     gather = [exchange_lib.route_bytes("allgather", size, k, n, 4, 4) for n in (2, 8, 64)]
-    assert max(leader) <= 14 * k  # 14k (N-1)/N: 6k of indices, 8k of values
+    # kN/(N-1) slots at 14(N-1)/N bytes each (6 of indices, 8 of values): 14k at every N
+    # (12k at N=2, where each replica offers all k of its entries).
+    assert leader == [12 * k, 14 * k, 14 * k]
     assert gather[-1] == 8 * k * 63
     dense = exchange_lib.route_bytes("dense", size, k, 8, 4, 4)
     assert dense / leader[1] > 450  # the model's wire ratio at 8 workers, 99.9% sparsity
@@ -165,9 +167,11 @@ def test_leader_steps_leave_weights_and_state_out_of_copy_on_read_mode():
 def test_leader_slots_are_taken_rank_by_rank_without_repeats():
     assert exchange_lib.first_occurrence(tf.constant([5, 3, 5, 7, 3])).numpy().tolist() == [
         True, True, False, True, False]
-    assert [exchange_lib.leader_share(k, 4) for k in (1, 4, 5, 9)] == [1, 1, 2, 3]
-    assert [exchange_lib.leader_candidates(k, 4) for k in (1, 4, 5, 9, 40)] == [1, 2, 3, 5, 15]
-    assert exchange_lib.leader_candidates(tf.constant(40), 4).numpy() == 15
+    # Shares of ceil(k / (N-1)): N=4 replicas lead about 4k/3 slots.
+    assert [exchange_lib.leader_share(k, 4) for k in (1, 3, 4, 9)] == [1, 1, 2, 3]
+    assert [exchange_lib.leader_share(9, n) for n in (1, 2, 10)] == [9, 9, 1]
+    assert [exchange_lib.leader_candidates(k, 4) for k in (1, 3, 4, 9, 40)] == [1, 2, 3, 5, 21]
+    assert exchange_lib.leader_candidates(tf.constant(40), 4).numpy() == 21
     # Rank by rank (5, 5, 3, 7, 9, 3), each index once; too few distinct: the first repeats.
     for dtype in (tf.int32, tf.int64):
         union = exchange_lib.leader_union(tf.constant([[5, 3, 9], [5, 7, 3]], dtype), 4)

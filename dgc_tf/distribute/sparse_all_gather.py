@@ -19,15 +19,16 @@ move the fewest bytes:
   sum of all replicas' entries. Each worker receives `8k(N-1)` bytes: the
   traffic grows with the number of workers N.
 * "leader" (shared leadership; after ScaleCom's cyclic local top-k, Chen et
-  al., NeurIPS 2020, which has one leader per step): k index slots (k
-  rounded up to a multiple of N) are shared among the N replicas. Each sends
-  its `1.5 * ceil(k/N)` largest entries' indices, largest first, in the
+  al., NeurIPS 2020, which has one leader per step): `S = N * ceil(k/(N-1))`
+  index slots, about `kN/(N-1)` (4k/3 at 4 replicas, 8k/7 at 8, k as N
+  grows), are shared among the N replicas. Each sends its
+  `1.5 * ceil(k/(N-1))` largest entries' indices, largest first, in the
   all-gather that carries the "allgather" route's entries; every replica
   then takes the same slots from them: every replica's first, then every
   replica's second, and so on, skipping an index already taken, until the
   slots are full (`leader_union`). The dense all-reduce sums every replica's
-  residual values at the slots. Each worker moves about `6k(N-1)/N` bytes of
-  indices and `8k(N-1)/N` of values: `14k(N-1)/N`, flat in N. Every replica
+  residual values at the slots. Each worker moves about `6S(N-1)/N` bytes of
+  indices and `8S(N-1)/N` of values: `14k` at every N. Every replica
   zeroes exactly the entries that were applied; what it selected beyond
   them stays in its residual, nothing is lost. Why this form:
   - One leader per variable and step (ScaleCom's rule) left each replica's
@@ -37,9 +38,18 @@ move the fewest bytes:
   - Replicas' largest entries overlap: on the PTB LSTM on 4 workers, of
     the slots filled with each replica's top ceil(k/N), 12% (embedding and
     softmax) and 3% (LSTM kernels) held an index another replica also
-    chose (mean of 60 steps). The spare offers fill those slots, so k
-    distinct entries are applied, as with one leader, unless more than a
-    third of the offered indices repeat (then the repeats are padding).
+    chose (mean of 60 steps). The spare offers fill those slots, so S
+    distinct entries are applied unless more than a third of the offered
+    indices repeat (then the repeats are padding).
+  - Slots: kN/(N-1) rather than k. With k slots a worker moved
+    `14k(N-1)/N` bytes, 10.5k at 4 replicas; the slot count that spends
+    the large-N price, 14k, at every N keeps the traffic flat in N (the
+    price at 8 workers is 14% above k slots') and gives a small group the
+    breadth it can afford. Breadth is what the leader route lacks against
+    the all-gather, which applies up to Nk entries: on the PTB LSTM on 4
+    workers (2 x 250 / 2 x 500 steps, test perplexity against the
+    all-gather), k slots ended +2.4% / +2.1%, 4k/3 slots +1.3% / +1.4%
+    (README).
   - Indices travel by all-gather, not by an all-reduce of zero-padded slots
     (this route's first form): a ring all-gather of c words each moves
     c(N-1) words where the all-reduce of N*c slots moves 2c(N-1), in half
@@ -61,16 +71,17 @@ leader route needs nothing but an all-gather and an all-reduce of fixed shapes.
 `exchange` picks the routes allowed: "auto" (default) all three, "leader"
 leader or dense, "allgather" allgather or dense. On equal bytes the order is
 allgather, leader, dense. "auto" takes the leader route only from
-`AUTO_LEADER_MIN_REPLICAS` (3) replicas on: with 2 it would save an eighth
-of the all-gather's bytes (7k against 8k) while applying k entries where
-the all-gather applies up to 2k, so 2 replicas run DGC as published.
+`AUTO_LEADER_MIN_REPLICAS` (3) replicas on: with 2 each replica would
+offer all its k entries and the route would move more bytes than the
+all-gather (12k against 8k) for the same breadth, so 2 replicas run DGC as
+published.
 
 The route is chosen per variable and per density stage of DGC's warm-up
 (`choose_routes`), each at that stage's count, when the step is traced; the
 step then runs the exchange of its stage (`tf.switch_case` over the distinct
 route plans, so a step only launches its own collectives). During the
 warm-up "auto" leaves the leader route out: the warm-up exists to keep early
-training close to dense SGD, and the leader route applies at most k entries
+training close to dense SGD, and the leader route applies about kN/(N-1) entries
 where the others apply up to N*k (measured with ScaleCom's single leader on
 4 workers, 20k Fashion-MNIST images, 3 epochs of which 1 is warm-up: with
 the all-gather in the warm-up it ended 0.85 points higher, mean of 2 seeds;
@@ -200,8 +211,15 @@ def route_name(routes):
 
 
 def leader_share(count, group_size):
-    """Slots per replica on the leader route: `ceil(count / group_size)`."""
-    return (count + group_size - 1) // group_size
+    """Slots per replica on the leader route: `ceil(count / (group_size - 1))`.
+
+    `N` replicas lead `N * ceil(k / (N-1))` slots, about `k N / (N-1)`, so a
+    worker's traffic, `14 (N-1)/N` bytes per slot, is `14k` at every N: flat
+    in N, and the slots a small group can afford go to breadth (module
+    docstring). One replica alone leads k.
+    """
+    others = max(group_size - 1, 1)
+    return (count + others - 1) // others
 
 
 def leader_candidates(count, group_size):
