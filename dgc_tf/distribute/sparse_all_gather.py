@@ -28,7 +28,8 @@ move the fewest bytes:
   replica's second, and so on, skipping an index already taken, until the
   slots are full (`leader_union`). The dense all-reduce sums every replica's
   residual values at the slots. Each worker moves about `6S(N-1)/N` bytes of
-  indices and `8S(N-1)/N` of values: `14k` at every N. Every replica
+  indices and `8S(N-1)/N` of values: `14k` at every N from 3 on (at 2,
+  each replica offers all its k entries: 12k). Every replica
   zeroes exactly the entries that were applied; what it selected beyond
   them stays in its residual, nothing is lost. Why this form:
   - One leader per variable and step (ScaleCom's rule) left each replica's
@@ -36,7 +37,8 @@ move the fewest bytes:
     (Fashion-MNIST convnet, 20k images, 3 epochs, mean of 2 seeds) it ended
     2.68 points below the all-gather, shared leadership 0.30 (README).
   - Replicas' largest entries overlap: on the PTB LSTM on 4 workers, of
-    the slots filled with each replica's top ceil(k/N), 12% (embedding and
+    the slots filled with each replica's top ceil(k/N) (k slots, the earlier
+    count), 12% (embedding and
     softmax) and 3% (LSTM kernels) held an index another replica also
     chose (mean of 60 steps). The spare offers fill those slots, so S
     distinct entries are applied unless more than a third of the offered
@@ -214,8 +216,8 @@ def leader_share(count, group_size):
     """Slots per replica on the leader route: `ceil(count / (group_size - 1))`.
 
     `N` replicas lead `N * ceil(k / (N-1))` slots, about `k N / (N-1)`, so a
-    worker's traffic, `14 (N-1)/N` bytes per slot, is `14k` at every N: flat
-    in N, and the slots a small group can afford go to breadth (module
+    worker's traffic, `14 (N-1)/N` bytes per slot, is `14k` from N=3 on (12k
+    at N=2, where each replica offers all k entries): flat in N, and the slots a small group can afford go to breadth (module
     docstring). One replica alone leads k.
     """
     others = max(group_size - 1, 1)
@@ -286,8 +288,8 @@ class SparseAllGather(cross_device_ops_lib.CollectiveAllReduce):
         gradients alike) in half precision, summed in float16 by all-reduces.
       exchange: which routes compressed variables may take (module docstring):
         "auto" (default: the fewest bytes, flat in the number of workers),
-        "leader" (k slots shared among the replicas, filled from each one's
-        largest entries; values all-reduced) or
+        "leader" (about kN/(N-1) slots shared among the replicas, filled from
+        each one's largest entries; values all-reduced) or
         "allgather" (every replica's own top-k, as published). Each may fall
         back to a dense all-reduce where that moves fewer bytes.
       per_worker: whether each worker's replicas sum their gradients densely
