@@ -45,7 +45,7 @@ move the fewest bytes:
     indices repeat (then the repeats are padding).
   - Slots: kN/(N-1) rather than k. With k slots a worker moved
     `14k(N-1)/N` bytes, 10.5k at 4 replicas; the slot count that spends
-    the large-N price, 14k, at every N keeps the traffic flat in N (the
+    the large-N price, 14k, at every N from 3 on keeps the traffic flat in N (the
     price at 8 workers is 14% above k slots') and gives a small group the
     breadth it can afford. Breadth is what the leader route lacks against
     the all-gather, which applies up to Nk entries: on the PTB LSTM on 4
@@ -215,10 +215,8 @@ def route_name(routes):
 def leader_share(count, group_size):
     """Slots per replica on the leader route: `ceil(count / (group_size - 1))`.
 
-    `N` replicas lead `N * ceil(k / (N-1))` slots, about `k N / (N-1)`, so a
-    worker's traffic, `14 (N-1)/N` bytes per slot, is `14k` from N=3 on (12k
-    at N=2, where each replica offers all k entries): flat in N, and the slots a small group can afford go to breadth (module
-    docstring). One replica alone leads k.
+    `N` replicas lead about `kN/(N-1)` slots, which keeps a worker's bytes
+    flat in N (module docstring, "Slots"). One replica alone leads k.
     """
     others = max(group_size - 1, 1)
     return (count + others - 1) // others
