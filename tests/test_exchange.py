@@ -181,14 +181,13 @@ def test_leader_slots_are_taken_rank_by_rank_without_repeats():
 
 
 def test_a_leader_step_launches_one_all_gather_and_one_all_reduce():
-    """The leaders' indices ride in the all-gather; their values in the dense all-reduce
-    (besides the step's one-word finite flag, agreed before anything is selected)."""
+    """The leaders' indices ride in the all-gather; their values in the dense all-reduce,
+    with the step's one-word finite flag: no collective of its own."""
     rng = np.random.default_rng(2)
     run, _, _ = leader_run_and_reference(dict(learning_rate=0.1, compress_ratio=0.01), rng)
     ops = collective_ops(run, per_replica_grads(rng, SHAPES), DEVICES[0])
     kinds = sorted((op.type, op.inputs[0].shape.as_list() == [1]) for op in ops)
-    assert kinds == [("CollectiveGatherV2", False), ("CollectiveReduceV2", False),
-                     ("CollectiveReduceV2", True)], kinds
+    assert kinds == [("CollectiveGatherV2", False), ("CollectiveReduceV2", False)], kinds
     assert set(exchange_of(run.strategy).routes.values()) == {"leader"}
 
 

@@ -88,6 +88,56 @@ def test_nonfinite_gradient_skips_the_step_everywhere(flavour):
 
 
 @pytest.mark.parametrize("flavour", harness.FLAVOURS)
+@pytest.mark.parametrize("bad_replica", [0, 1])
+def test_a_skipped_step_loses_no_finite_replicas_gradient(flavour, bad_replica):
+    """One replica's NaN skips the step; the other replica's gradient stays pending.
+
+    The skip protocol agrees within the exchange: the bad replica's state is
+    untouched, no weight moves, and the finite replica's gradient of the skipped
+    step is in its residual, so over good, skipped and good steps (momentum 0,
+    learning rate 1) the weights' movement plus the residuals is every finite
+    gradient.
+    """
+    shapes = [(24, 30), (30,)]
+    rng = np.random.default_rng(11)
+    weights = [rng.normal(size=s).astype(np.float32) for s in shapes]
+    run = harness.Run(flavour, harness.optimizer_class(flavour),
+                      dict(learning_rate=1.0, momentum=0.0, compress_ratio=0.01,
+                           min_compress_size=100), weights)
+    slots = run.optimizer._compressor_slots
+    assert slots.at(0).compressed and not slots.at(1).compressed
+
+    def grads():
+        return [[rng.normal(size=s).astype(np.float32) for s in shapes] for _ in range(2)]
+
+    finite_total = np.zeros(shapes[0], np.float64)
+    first = grads()
+    run.apply(first)
+    finite_total += first[0][0].astype(np.float64) + first[1][0]
+    weights_before = run.weights()
+    residuals_before = harness.local_values(slots.at(0).residual)
+    bad = grads()
+    bad[bad_replica][0][5, 6] = np.nan
+    run.apply(bad)
+    good_replica = 1 - bad_replica
+    finite_total += bad[good_replica][0]
+    residuals = harness.local_values(slots.at(0).residual)
+    for before, after in zip(weights_before, run.weights()):
+        np.testing.assert_array_equal(before, after)
+    np.testing.assert_array_equal(residuals[bad_replica], residuals_before[bad_replica])
+    np.testing.assert_array_equal(residuals[good_replica],
+                                  residuals_before[good_replica] + bad[good_replica][0])
+    assert int(run.optimizer.skipped_steps.numpy()) == 1
+    last = grads()
+    run.apply(last)
+    finite_total += last[0][0].astype(np.float64) + last[1][0]
+    sent = weights[0].astype(np.float64) - run.weights()[0]
+    residual = sum(harness.local_values(slots.at(0).residual))
+    np.testing.assert_allclose(sent + residual, finite_total, rtol=1e-4, atol=1e-4)
+    assert int(run.optimizer.skipped_steps.numpy()) == 1
+
+
+@pytest.mark.parametrize("flavour", harness.FLAVOURS)
 @pytest.mark.parametrize("kwargs,name", [
     (dict(compress_ratio=0.0), "compress_ratio"), (dict(compress_ratio=1.5), "compress_ratio"),
     (dict(momentum=1.0), "momentum"), (dict(momentum=-0.1), "momentum"),

@@ -11,10 +11,11 @@ everything that is not the method's math:
 * counters: `StepCounters` (skipped steps, bytes sent, dense-equivalent
   bytes) and `compression_stats()`, which `dgc_tf.callbacks` reads;
 * guards: `check_not_xla`, `replica_context`, float-only variables;
-* the skip protocol: `all_replicas_finite` agrees on finiteness first (one
-  scalar all-reduce); the method then updates its state in place under
-  `tf.cond(ok, ...)` or not at all, still takes part in the exchange, and
-  `apply_updates` applies nothing on a skipped step (`iterations` advances,
+* the skip protocol (`step`'s docstring): replicas agree on finiteness
+  first (`all_replicas_finite`) or within the exchange (`local_finite`,
+  `exchange_agreeing`); a replica with non-finite gradients touches no
+  state, a skipped step still takes part in the exchange, and
+  `apply_updates` applies nothing on it (`iterations` advances,
   `skipped_steps` counts it);
 * the exchange hand-off: `exchange` hands the replica's contributions to ONE
   `all_reduce` (the strategy's `CrossDeviceOps`, `SparseAllGather` included)
@@ -67,11 +68,12 @@ Keras 3 and tf_keras classes are then a constructor, `_make_slots` and
 
 from dgc_tf.compressors.base.config import CompressorConfig, check_number
 from dgc_tf.compressors.base.step import (Exchanged, SlotTable, StepCounters,
-                                          all_replicas_finite, apply_updates, check_not_xla,
-                                          current_exchange, densify, exchange,
-                                          local_clip_threshold, prepare_gradient,
-                                          replica_context)
+                                          agreed_finite, all_replicas_finite, apply_updates,
+                                          check_not_xla, current_exchange, densify, exchange,
+                                          exchange_agreeing, local_clip_threshold,
+                                          local_finite, prepare_gradient, replica_context)
 
 __all__ = ["CompressorConfig", "check_number", "Exchanged", "SlotTable", "StepCounters",
-           "all_replicas_finite", "apply_updates", "check_not_xla", "current_exchange",
-           "densify", "exchange", "local_clip_threshold", "prepare_gradient", "replica_context"]
+           "agreed_finite", "all_replicas_finite", "apply_updates", "check_not_xla",
+           "current_exchange", "densify", "exchange", "exchange_agreeing",
+           "local_clip_threshold", "local_finite", "prepare_gradient", "replica_context"]

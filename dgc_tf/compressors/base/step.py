@@ -4,14 +4,32 @@ A compressor's step is split where tf.distribute splits it:
 
 * in replica context, on each replica's own gradients, the method's replica
   step (e.g. `dgc_tf.compressors.dgc.replica.compress_and_exchange`) uses the
-  guards here (`check_not_xla`, `replica_context`), agrees on finiteness
-  (`all_replicas_finite`: the skip protocol), updates its replica-local state
-  and hands what it sends to `exchange`, which all-reduces it in ONE call and
-  counts the bytes;
+  guards here (`check_not_xla`, `replica_context`), follows the skip
+  protocol (below), updates its replica-local state and hands what it sends
+  to `exchange`, which all-reduces it in ONE call and counts the bytes;
 * in cross-replica context (inside `merge_call`), `apply_updates` applies the
   exchanged sum identically to every replica's copy of the weights: a
   `tf.IndexedSlices` as a sparse scatter `w -= lr * G`, a dense sum with
   Keras SGD's momentum; `StepCounters.record` keeps the running totals.
+
+The skip protocol: a step on which any replica's gradients hold NaN or Inf
+applies nothing anywhere (`apply_updates` skips it, `skipped_steps` counts
+it), and a replica with such gradients touches no state at all. Replicas
+agree on it in one of two forms:
+
+* first (`all_replicas_finite`): one scalar all-reduce before any state
+  changes; then every replica updates its state in place or not at all.
+  VGC, whose phases read state the agreement must guard, and tf_keras's
+  `aggregate_gradients` (for `LossScaleOptimizer`) agree first.
+* within the exchange (`local_finite`, then `exchange_agreeing`): each
+  replica updates its own state only if its own gradients are finite, and
+  its flag rides in the exchange's all-reduce. A replica whose gradients were
+  finite on a skipped step keeps them pending in its residual, like anything
+  else it did not send, so the method must only zero what was applied after
+  the exchange, once `ok` is known. DGC and TopKErrorFeedback agree this
+  way: it saves the step a collective launch of its own, which costs about
+  a scalar all-reduce's round trip through every worker (on 8 workers
+  sharing 2 cores, about 20 ms of a 330 ms step: README, "Scaling").
 
 The Keras classes own the variables; everything here mutates them only
 through `assign*` / `dgc_tf.ops.scatter.subtract_at`.
@@ -127,30 +145,49 @@ def replica_context(optimizer_name):
     return ctx
 
 
-def all_replicas_finite(ctx, tensors):
-    """Whether every replica's tensors are all finite, agreed by one scalar all-reduce.
+def local_finite(tensors):
+    """Whether this replica's own tensors are all finite, and the flag it hands over.
 
-    The skip protocol: a replica with NaN/Inf must not touch anyone's state.
-    Agreeing on that first lets every replica update its state in place (under
-    `tf.cond(ok, ...)`), or not at all, instead of computing new state beside
-    the old and choosing between them: for large models those copies cost far
-    more than one scalar collective. A skipped step still takes part in the
-    exchange (collectives need everyone), and `apply_updates` applies nothing.
+    No collective: the first half of the skip protocol (module docstring).
 
     Args:
-      ctx: the replica context.
       tensors: this replica's gradients (dense or `tf.IndexedSlices`), and
         anything else the step reads (VGC's squared-gradient estimates).
     Returns:
-      `(ok, flag)`: `ok` a bool scalar, identical on every replica; `flag` the
-      `[1]` float32 this replica handed over (1.0: its tensors were not finite),
-      for `exchange`'s byte count.
+      `(finite, flag)`: `finite` a bool scalar for this replica alone; `flag`
+      the `[1]` float32 it hands over, 1.0 where its tensors were not finite.
     """
     finite = tf.reduce_all([
         tf.reduce_all(tf.math.is_finite(g.values if isinstance(g, tf.IndexedSlices) else g))
         for g in tensors])
-    flag = tf.reshape(tf.cast(tf.logical_not(finite), tf.float32), [1])
-    return tf.equal(ctx.all_reduce(tf.distribute.ReduceOp.SUM, flag)[0], 0), flag
+    return finite, tf.reshape(tf.cast(tf.logical_not(finite), tf.float32), [1])
+
+
+def agreed_finite(summed_flag):
+    """`ok`, identical on every replica: the sum of all replicas' flags is zero."""
+    return tf.equal(summed_flag[0], 0)
+
+
+def all_replicas_finite(ctx, tensors):
+    """Whether every replica's tensors are all finite, agreed by one scalar all-reduce.
+
+    The skip protocol's first form, agreeing before any state changes: a
+    replica with NaN/Inf must not touch anyone's state. Agreeing first lets
+    every replica update its state in place (under `tf.cond(ok, ...)`), or not
+    at all, instead of computing new state beside the old and choosing between
+    them: for large models those copies cost far more than one scalar
+    collective. A skipped step still takes part in the exchange (collectives
+    need everyone), and `apply_updates` applies nothing.
+
+    Args:
+      ctx: the replica context.
+      tensors: as for `local_finite`.
+    Returns:
+      `(ok, flag)`: `ok` a bool scalar, identical on every replica; `flag` the
+      `[1]` float32 this replica handed over, for `exchange`'s byte count.
+    """
+    _, flag = local_finite(tensors)
+    return agreed_finite(ctx.all_reduce(tf.distribute.ReduceOp.SUM, flag)), flag
 
 
 def local_clip_threshold(clipnorm, num_replicas):
@@ -189,6 +226,26 @@ def exchange(ctx, handed, variables, also_handed=()):
         bytes_sent = handed_bytes(flat, getattr(cross_device_ops, "wire_dtype", None))
         dense_bytes = float(sum(v.shape.num_elements() * v.dtype.size for v in variables))
     return updates, bytes_sent, dense_bytes
+
+
+def exchange_agreeing(ctx, handed, variables, flag):
+    """`exchange`, with the skip protocol's agreement in the same all_reduce.
+
+    The protocol's second form (module docstring): `flag` (from
+    `local_finite`) travels with the dense tensors of the exchange instead of
+    in a collective of its own before it.
+
+    Args:
+      ctx: the replica context.
+      handed: per variable, a `CompressedGradient` or a dense gradient.
+      variables: the matching variables.
+      flag: this replica's `[1]` float32 non-finite flag.
+    Returns:
+      `(updates, ok, bytes_sent, dense_bytes)`: as `exchange`'s, and `ok`,
+      whether every replica's flag was 0 (identical on every replica).
+    """
+    updates, bytes_sent, dense_bytes = exchange(ctx, list(handed) + [flag], variables)
+    return updates[:-1], agreed_finite(updates[-1]), bytes_sent, dense_bytes
 
 
 # -- cross-replica context: apply and count ---------------------------------------
