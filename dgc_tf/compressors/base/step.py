@@ -19,17 +19,17 @@ agree on it in one of two forms:
 
 * first (`all_replicas_finite`): one scalar all-reduce before any state
   changes; then every replica updates its state in place or not at all.
-  VGC, whose phases read state the agreement must guard, and tf_keras's
-  `aggregate_gradients` (for `LossScaleOptimizer`) agree first.
+  VGC and tf_keras's `aggregate_gradients` (which `LossScaleOptimizer`
+  calls to decide before the step) agree first.
 * within the exchange (`local_finite`, then `exchange_agreeing`): each
   replica updates its own state only if its own gradients are finite, and
   its flag rides in the exchange's all-reduce. A replica whose gradients were
   finite on a skipped step keeps them pending in its residual, like anything
   else it did not send, so the method must only zero what was applied after
   the exchange, once `ok` is known. DGC and TopKErrorFeedback agree this
-  way: it saves the step a collective launch of its own, which costs about
-  a scalar all-reduce's round trip through every worker (on 8 workers
-  sharing 2 cores, about 20 ms of a 330 ms step: README, "Scaling").
+  way: it saves the step a collective of its own, a scalar all-reduce whose
+  ring passes through every worker twice (on 8 workers sharing 2 cores the
+  leader route's step fell by 14%: README, "The 8-worker step").
 
 The Keras classes own the variables; everything here mutates them only
 through `assign*` / `dgc_tf.ops.scatter.subtract_at`.
@@ -108,8 +108,8 @@ def prepare_gradient(grad, variable, keep_sparse=False):
 def current_exchange(ctx):
     """The `CrossDeviceOps` a replica context's `all_reduce` goes through.
 
-    The one place the frame looks at the exchange: the replica steps ask it
-    for its routes (`routes_for`) and the byte counting for its wire rules.
+    The one place the frame looks at the exchange: `exchange` counts the
+    bytes by its wire rules (`wire_bytes`, `dense_wire_bytes`).
 
     Args:
       ctx: the replica context (a worker's, after `compress_per_worker`).
