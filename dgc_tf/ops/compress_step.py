@@ -49,9 +49,10 @@ def compress_step(residual, momentum, grad, k, *, momentum_factor, nesterov=Fals
       nesterov: Nesterov momentum correction.
       momentum_masking: also zero the momentum where v was sent.
       mask_selected: zero what was selected (v, and u with `momentum_masking`).
-        False leaves both unmasked: for an exchange that applies other entries
-        than this selection (the leader route's), after which the caller masks what
-        was applied.
+        False leaves both unmasked, for a caller that zeroes only what its
+        exchange applied, after it: DGC's replica step, whose leader route
+        applies other entries than this selection and whose skipped steps
+        apply none.
       sample_ratio: fraction of v sampled for the selection threshold, in (0, 1].
       seed: optional sampling seed (the result does not depend on it).
 
