@@ -68,12 +68,12 @@ Keras 3 and tf_keras classes are then a constructor, `_make_slots` and
 
 from dgc_tf.compressors.base.config import CompressorConfig, check_number
 from dgc_tf.compressors.base.step import (Exchanged, SlotTable, StepCounters,
-                                          agreed_finite, all_replicas_finite, apply_updates,
-                                          check_not_xla, current_exchange, densify, exchange,
+                                          all_replicas_finite, apply_updates, check_not_xla,
+                                          current_exchange, densify, exchange,
                                           exchange_agreeing, local_clip_threshold,
                                           local_finite, prepare_gradient, replica_context)
 
 __all__ = ["CompressorConfig", "check_number", "Exchanged", "SlotTable", "StepCounters",
-           "agreed_finite", "all_replicas_finite", "apply_updates", "check_not_xla",
-           "current_exchange", "densify", "exchange", "exchange_agreeing",
-           "local_clip_threshold", "local_finite", "prepare_gradient", "replica_context"]
+           "all_replicas_finite", "apply_updates", "check_not_xla", "current_exchange",
+           "densify", "exchange", "exchange_agreeing", "local_clip_threshold", "local_finite",
+           "prepare_gradient", "replica_context"]
